@@ -1,1 +1,23 @@
-//! server
+//! fenced: a distributed lock and leader-election service on Raft.
+//!
+//! # Layout
+//!
+//! A request travels: gRPC service in [`api`] → [`node::Node`] (propose or
+//! ReadIndex) → the driver thread in [`node::driver`] (owns raft-rs's
+//! `RawNode`, persists through [`node::storage`], sends through
+//! [`node::transport`]) → the apply thread (applies committed entries to the
+//! pure [`state::StateMachine`] and wakes the waiting request).
+//!
+//! - [`config`]: flags and their validation.
+//! - [`node`]: everything that knows about Raft.
+//! - [`state`]: the deterministic state machine (no IO, no clock).
+//! - [`api`]: one tonic service per file; validation and conversion at the edge.
+//! - [`http`]: `/metrics` and `/health` beside gRPC on the client address.
+//! - [`server`]: wires it all together and runs until SIGTERM.
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod node;
+pub mod server;
+pub mod state;

@@ -1,0 +1,307 @@
+//! Conversions between `fenced_proto::pb` and the state machine's types,
+//! with the validation that makes a request safe to propose.
+
+use std::collections::BTreeSet;
+
+use fenced_proto::pb;
+use tonic::Status;
+
+use crate::api::Limits;
+use crate::state;
+
+impl From<state::KeyValue> for pb::KeyValue {
+    fn from(kv: state::KeyValue) -> Self {
+        pb::KeyValue {
+            key: kv.key,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            value: kv.value,
+            lease: kv.lease,
+        }
+    }
+}
+
+/// Checks a key used as an exact key (non-empty, not too long).
+pub fn check_key(key: &[u8], limits: &Limits, what: &str) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{what}: key must not be empty"
+        )));
+    }
+    check_key_len(key, limits, what)
+}
+
+fn check_key_len(key: &[u8], limits: &Limits, what: &str) -> Result<(), Status> {
+    if key.len() > limits.max_key_bytes {
+        return Err(Status::invalid_argument(format!(
+            "{what}: key is {} bytes, the limit is {} bytes",
+            key.len(),
+            limits.max_key_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a key that may be a prefix: empty is fine when `prefix` is set.
+fn check_range_key(key: &[u8], prefix: bool, limits: &Limits, what: &str) -> Result<(), Status> {
+    if prefix {
+        check_key_len(key, limits, what)
+    } else {
+        check_key(key, limits, what)
+    }
+}
+
+/// Validates and converts a put.
+pub fn put(req: pb::PutRequest, limits: &Limits) -> Result<state::PutRequest, Status> {
+    check_key(&req.key, limits, "put")?;
+    if req.value.len() > limits.max_value_bytes {
+        return Err(Status::invalid_argument(format!(
+            "put: value is {} bytes, the limit is {} bytes",
+            req.value.len(),
+            limits.max_value_bytes
+        )));
+    }
+    if req.lease < 0 {
+        return Err(Status::invalid_argument(format!(
+            "put: lease id {} is negative",
+            req.lease
+        )));
+    }
+    Ok(state::PutRequest {
+        key: req.key,
+        value: req.value,
+        lease: req.lease,
+        prev_kv: req.prev_kv,
+    })
+}
+
+/// Validates and converts a delete.
+pub fn delete(
+    req: pb::DeleteRangeRequest,
+    limits: &Limits,
+) -> Result<state::DeleteRequest, Status> {
+    check_range_key(&req.key, req.prefix, limits, "delete")?;
+    Ok(state::DeleteRequest {
+        key: req.key,
+        prefix: req.prefix,
+        prev_kv: req.prev_kv,
+    })
+}
+
+/// Validates and converts a range (the `revision` and `serializable`
+/// fields are handled by the caller).
+pub fn range(req: &pb::RangeRequest, limits: &Limits) -> Result<state::RangeRequest, Status> {
+    check_range_key(&req.key, req.prefix, limits, "range")?;
+    if req.limit < 0 {
+        return Err(Status::invalid_argument(format!(
+            "range: limit {} is negative (0 means no limit)",
+            req.limit
+        )));
+    }
+    if req.revision < 0 {
+        return Err(Status::invalid_argument(format!(
+            "range: revision {} is negative",
+            req.revision
+        )));
+    }
+    Ok(state::RangeRequest {
+        key: req.key.clone(),
+        prefix: req.prefix,
+        limit: req.limit,
+        count_only: req.count_only,
+        keys_only: req.keys_only,
+    })
+}
+
+/// Validates and converts a transaction.
+pub fn txn(req: pb::TxnRequest, limits: &Limits) -> Result<state::TxnRequest, Status> {
+    let max = limits.max_txn_ops;
+    for (what, n) in [
+        ("compares", req.compare.len()),
+        ("success ops", req.success.len()),
+        ("failure ops", req.failure.len()),
+    ] {
+        if n > max {
+            return Err(Status::invalid_argument(format!(
+                "txn: {n} {what}, the limit is {max}"
+            )));
+        }
+    }
+    let compare = req
+        .compare
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| compare(c, limits).map_err(|s| prefix_status(s, &format!("txn compare {i}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let success = txn_ops(req.success, limits, "txn success")?;
+    let failure = txn_ops(req.failure, limits, "txn failure")?;
+    Ok(state::TxnRequest {
+        compare,
+        success,
+        failure,
+    })
+}
+
+fn compare(c: pb::Compare, limits: &Limits) -> Result<state::Compare, Status> {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    check_key(&c.key, limits, "compare")?;
+    let op = match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => state::CompareOp::Equal,
+        Ok(CompareResult::Greater) => state::CompareOp::Greater,
+        Ok(CompareResult::Less) => state::CompareOp::Less,
+        Ok(CompareResult::NotEqual) => state::CompareOp::NotEqual,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown compare result {} (expected EQUAL, GREATER, LESS or NOT_EQUAL)",
+                c.result
+            )));
+        }
+    };
+    let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::TargetUnspecified);
+    let target = match (target, c.target_union) {
+        (CompareTarget::Version, Some(TargetUnion::Version(v))) => state::CompareTarget::Version(v),
+        (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => {
+            state::CompareTarget::CreateRevision(v)
+        }
+        (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => {
+            state::CompareTarget::ModRevision(v)
+        }
+        (CompareTarget::Value, Some(TargetUnion::Value(v))) => {
+            if v.len() > limits.max_value_bytes {
+                return Err(Status::invalid_argument(format!(
+                    "compare value is {} bytes, the limit is {} bytes",
+                    v.len(),
+                    limits.max_value_bytes
+                )));
+            }
+            state::CompareTarget::Value(v)
+        }
+        (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => state::CompareTarget::Lease(v),
+        (CompareTarget::TargetUnspecified, _) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown compare target {} (expected VERSION, CREATE, MOD, VALUE or LEASE)",
+                c.target
+            )));
+        }
+        (target, _) => {
+            return Err(Status::invalid_argument(format!(
+                "compare target {} needs the matching target_union field set",
+                target.as_str_name()
+            )));
+        }
+    };
+    Ok(state::Compare {
+        key: c.key,
+        op,
+        target,
+    })
+}
+
+fn txn_ops(
+    ops: Vec<pb::RequestOp>,
+    limits: &Limits,
+    what: &str,
+) -> Result<Vec<state::TxnOp>, Status> {
+    let mut written: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut deleted_prefixes: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut out = Vec::with_capacity(ops.len());
+    for (i, op) in ops.into_iter().enumerate() {
+        let ctx = format!("{what} op {i}");
+        let converted = match op.request {
+            Some(pb::request_op::Request::RequestRange(r)) => {
+                state::TxnOp::Range(range(&r, limits).map_err(|s| prefix_status(s, &ctx))?)
+            }
+            Some(pb::request_op::Request::RequestPut(p)) => {
+                let p = put(p, limits).map_err(|s| prefix_status(s, &ctx))?;
+                if !written.insert(p.key.clone()) {
+                    return Err(Status::invalid_argument(format!(
+                        "{ctx}: key {:?} is written twice in one transaction",
+                        String::from_utf8_lossy(&p.key)
+                    )));
+                }
+                state::TxnOp::Put(p)
+            }
+            Some(pb::request_op::Request::RequestDeleteRange(d)) => {
+                let d = delete(d, limits).map_err(|s| prefix_status(s, &ctx))?;
+                deleted_prefixes.push((d.key.clone(), d.prefix));
+                state::TxnOp::DeleteRange(d)
+            }
+            None => return Err(Status::invalid_argument(format!("{ctx}: empty operation"))),
+        };
+        out.push(converted);
+    }
+    for key in &written {
+        let overlaps = deleted_prefixes.iter().any(|(d, prefix)| {
+            if *prefix {
+                key.starts_with(d)
+            } else {
+                key == d
+            }
+        });
+        if overlaps {
+            return Err(Status::invalid_argument(format!(
+                "{what}: key {:?} is both put and deleted in one transaction",
+                String::from_utf8_lossy(key)
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn prefix_status(status: Status, context: &str) -> Status {
+    Status::new(status.code(), format!("{context}: {}", status.message()))
+}
+
+/// Converts a range answer.
+pub fn range_response(header: pb::ResponseHeader, r: state::RangeResult) -> pb::RangeResponse {
+    pb::RangeResponse {
+        header: Some(header),
+        kvs: r.kvs.into_iter().map(Into::into).collect(),
+        more: r.more,
+        count: r.count,
+    }
+}
+
+/// Converts a put answer.
+pub fn put_response(header: pb::ResponseHeader, r: state::PutResult) -> pb::PutResponse {
+    pb::PutResponse {
+        header: Some(header),
+        prev_kv: r.prev_kv.map(Into::into),
+    }
+}
+
+/// Converts a delete answer.
+pub fn delete_response(
+    header: pb::ResponseHeader,
+    r: state::DeleteResult,
+) -> pb::DeleteRangeResponse {
+    pb::DeleteRangeResponse {
+        header: Some(header),
+        deleted: r.deleted,
+        prev_kvs: r.prev_kvs.into_iter().map(Into::into).collect(),
+    }
+}
+
+/// Converts a transaction answer; inner responses carry the same header.
+pub fn txn_response(header: pb::ResponseHeader, r: state::TxnResult) -> pb::TxnResponse {
+    use pb::response_op::Response as R;
+    let responses = r
+        .responses
+        .into_iter()
+        .map(|op| pb::ResponseOp {
+            response: Some(match op {
+                state::TxnOpResult::Range(x) => R::ResponseRange(range_response(header, x)),
+                state::TxnOpResult::Put(x) => R::ResponsePut(put_response(header, x)),
+                state::TxnOpResult::DeleteRange(x) => {
+                    R::ResponseDeleteRange(delete_response(header, x))
+                }
+            }),
+        })
+        .collect();
+    pb::TxnResponse {
+        header: Some(header),
+        succeeded: r.succeeded,
+        responses,
+    }
+}

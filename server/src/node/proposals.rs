@@ -1,0 +1,172 @@
+//! Pending proposals: request id → the waiter that gets the applied answer.
+//!
+//! Every proposal carries `(origin member, boot nonce, seq)`. Whichever member
+//! applies the entry computes the same answer (the state machine is
+//! deterministic), so the member that *originated* the proposal answers its
+//! client from its own apply loop, also when the write was forwarded to the
+//! leader by raft. The nonce keeps a restarted member from mistaking entries
+//! of its previous life for its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::node::NodeError;
+use crate::state::{Command, Response};
+
+/// What goes into the data of a normal raft entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The member that proposed the entry.
+    pub origin: u64,
+    /// Random per process start of `origin`.
+    pub nonce: u64,
+    /// Sequence number within `(origin, nonce)`.
+    pub seq: u64,
+    /// The command to apply.
+    pub command: Command,
+}
+
+impl Envelope {
+    /// Encodes for the raft log.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain owned data into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a raft entry's data.
+    pub fn decode(data: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(data)
+    }
+}
+
+/// The answer of an applied proposal.
+#[derive(Debug)]
+pub struct Applied {
+    /// What the state machine answered.
+    pub response: Response,
+    /// Raft index of the entry.
+    pub index: u64,
+    /// Keyspace revision after the entry.
+    pub revision: i64,
+}
+
+type Waiter = oneshot::Sender<Result<Applied, NodeError>>;
+
+/// The table of proposals this member is waiting on.
+#[derive(Debug)]
+pub struct Proposals {
+    member_id: u64,
+    nonce: u64,
+    next_seq: AtomicU64,
+    waiters: DashMap<u64, Waiter>,
+}
+
+impl Proposals {
+    /// An empty table for `member_id`, with a fresh nonce.
+    pub fn new(member_id: u64) -> Self {
+        Self {
+            member_id,
+            nonce: rand::random(),
+            next_seq: AtomicU64::new(1),
+            waiters: DashMap::new(),
+        }
+    }
+
+    /// Registers a waiter for `command`; returns the entry data to propose,
+    /// its sequence number and the receiver of the answer.
+    pub fn register(
+        &self,
+        command: Command,
+    ) -> (Vec<u8>, u64, oneshot::Receiver<Result<Applied, NodeError>>) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let envelope = Envelope {
+            origin: self.member_id,
+            nonce: self.nonce,
+            seq,
+            command,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(seq, tx);
+        (envelope.encode(), seq, rx)
+    }
+
+    /// Whether `envelope` was proposed by this process.
+    pub fn is_mine(&self, envelope: &Envelope) -> bool {
+        envelope.origin == self.member_id && envelope.nonce == self.nonce
+    }
+
+    /// Answers and forgets the waiter of `seq`, if it still waits.
+    pub fn complete(&self, seq: u64, result: Result<Applied, NodeError>) {
+        if let Some((_, tx)) = self.waiters.remove(&seq) {
+            // The client may have given up already; nothing to do then.
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Forgets the waiter of `seq` (its request gave up).
+    pub fn forget(&self, seq: u64) {
+        self.waiters.remove(&seq);
+    }
+
+    /// Fails every waiter (shutdown).
+    pub fn fail_all(&self, err: NodeError) {
+        let seqs: Vec<u64> = self.waiters.iter().map(|e| *e.key()).collect();
+        for seq in seqs {
+            self.complete(seq, Err(err.clone()));
+        }
+    }
+
+    /// Number of proposals waiting.
+    pub fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::PutRequest;
+
+    fn put() -> Command {
+        Command::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            lease: 0,
+            prev_kv: false,
+        })
+    }
+
+    #[test]
+    fn envelope_round_trips_and_is_recognised_only_by_its_process() {
+        let a = Proposals::new(1);
+        let b = Proposals::new(1);
+        let (data, seq, _rx) = a.register(put());
+        let env = Envelope::decode(&data).unwrap();
+        assert_eq!(env.seq, seq);
+        assert_eq!(env.command, put());
+        assert!(a.is_mine(&env));
+        assert!(!b.is_mine(&env), "a restarted member has a new nonce");
+    }
+
+    #[test]
+    fn complete_answers_once() {
+        let p = Proposals::new(7);
+        let (_, seq, mut rx) = p.register(put());
+        assert_eq!(p.len(), 1);
+        p.complete(seq, Err(NodeError::Unavailable("x".into())));
+        p.complete(seq, Err(NodeError::Unavailable("y".into())));
+        assert!(p.is_empty());
+        match rx.try_recv() {
+            Ok(Err(NodeError::Unavailable(m))) => assert_eq!(m, "x"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,871 @@
+//! Durable Raft storage: `raft::Storage` over fjall.
+//!
+//! Layout, in one fjall [`Database`]:
+//!
+//! * keyspace `raft_log`: key = entry index as 8-byte big-endian, value = protobuf `Entry`.
+//!   The keys present are always exactly `first_index..=last_index`.
+//! * keyspace `raft_state`: `hard_state`, `conf_state`, `truncated` (index and term of the
+//!   entry just before the first one kept, 16 bytes big-endian), `snapshot_meta` and
+//!   `snapshot` (the most recent snapshot, metadata kept apart so opening stays cheap).
+//!
+//! Every mutation is one fjall write batch committed with [`PersistMode::SyncAll`], so after a
+//! crash at any point the store is either before or after that mutation. On open the log bounds
+//! are rebuilt from the keys and checked for contiguity; any inconsistency is reported as
+//! [`StorageError::Corrupt`] rather than guessed around.
+//!
+//! The most recent entries are kept in a bounded in-memory cache so the leader's hot path
+//! (`entries()` for replication, `term()` for matching) rarely reads fjall.
+
+use std::cmp;
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, NO_LIMIT, RaftState};
+
+const LOG_KEYSPACE: &str = "raft_log";
+const STATE_KEYSPACE: &str = "raft_state";
+
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_TRUNCATED: &[u8] = b"truncated";
+const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+/// Default bound on the number of cached log entries.
+const CACHE_MAX_ENTRIES: usize = 4096;
+/// Default bound on the encoded size of cached log entries.
+const CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest value fjall accepts (it panics above this, so we check first).
+const MAX_VALUE_LEN: usize = u32::MAX as usize;
+
+/// Errors of the fjall-backed Raft storage. Any of them should make the node fail-stop.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The storage engine failed (I/O error, poisoned after a failed fsync, locked, ...).
+    #[error("fjall: {0}")]
+    Fjall(#[from] fjall::Error),
+    /// A stored record could not be encoded or decoded.
+    #[error("protobuf codec: {0}")]
+    Codec(#[from] protobuf::ProtobufError),
+    /// The stored data violates an invariant of this module.
+    #[error("corrupt raft storage: {0}")]
+    Corrupt(String),
+    /// `persist` was given entries that would overwrite compacted entries.
+    #[error(
+        "cannot append at index {index}: entries before first index {first_index} are compacted"
+    )]
+    AppendCompacted {
+        /// Index of the first entry given.
+        index: u64,
+        /// Current first index.
+        first_index: u64,
+    },
+    /// `persist` was given entries that would leave a gap after the last entry.
+    #[error("cannot append at index {index}: gap after last index {last_index}")]
+    AppendGap {
+        /// Index of the first entry given.
+        index: u64,
+        /// Current last index.
+        last_index: u64,
+    },
+    /// `persist` was given entries whose indexes are not consecutive.
+    #[error("entries to append are not contiguous: expected index {expected}, found {found}")]
+    NotContiguous {
+        /// The index expected at that position.
+        expected: u64,
+        /// The index found.
+        found: u64,
+    },
+    /// The write would leave a commit index beyond the last log entry (or would remove
+    /// committed entries).
+    #[error("commit index {commit} beyond last index {last_index}")]
+    CommitBeyondLast {
+        /// The commit index.
+        commit: u64,
+        /// The last index after the write.
+        last_index: u64,
+    },
+    /// `compact` was asked to remove entries that were never received.
+    #[error("cannot compact to {compact_index}: last index is {last_index}")]
+    CompactBeyondLast {
+        /// Requested compact index.
+        compact_index: u64,
+        /// Current last index.
+        last_index: u64,
+    },
+    /// The snapshot is older than what the storage already has.
+    #[error("snapshot at index {index} is out of date (first index {first_index})")]
+    SnapshotOutOfDate {
+        /// Snapshot index.
+        index: u64,
+        /// Current first index.
+        first_index: u64,
+    },
+    /// A locally produced snapshot does not match the log.
+    #[error("invalid snapshot: {0}")]
+    InvalidSnapshot(String),
+    /// `initialize_with_conf_state` on a storage that was already initialized.
+    #[error("raft storage is already initialized")]
+    AlreadyInitialized,
+    /// An encoded record exceeds fjall's value size limit.
+    #[error("value of {len} bytes exceeds the storage limit")]
+    ValueTooLarge {
+        /// Encoded length.
+        len: usize,
+    },
+    /// `entries` was called with `low > high`.
+    #[error("invalid entry range [{low}, {high})")]
+    InvalidRange {
+        /// Low bound.
+        low: u64,
+        /// High bound (exclusive).
+        high: u64,
+    },
+}
+
+impl From<StorageError> for raft::Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::SnapshotOutOfDate { .. } => {
+                raft::Error::Store(raft::StorageError::SnapshotOutOfDate)
+            }
+            other => raft::Error::Store(raft::StorageError::Other(Box::new(other))),
+        }
+    }
+}
+
+/// Bounded cache of the most recent log entries. Invariant: contiguous, and when non-empty its
+/// last entry is the storage's last entry.
+struct EntryCache {
+    entries: VecDeque<Entry>,
+    bytes: u64,
+    max_entries: usize,
+    max_bytes: u64,
+}
+
+impl EntryCache {
+    fn new(max_entries: usize, max_bytes: u64) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index)
+    }
+
+    fn get(&self, idx: u64) -> Option<&Entry> {
+        let first = self.first_index()?;
+        let offset = usize::try_from(idx.checked_sub(first)?).ok()?;
+        self.entries.get(offset)
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops every entry with index >= `idx`.
+    fn truncate_from(&mut self, idx: u64) {
+        while let Some(e) = self.entries.back() {
+            if e.index < idx {
+                break;
+            }
+            self.bytes -= entry_size(e);
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops every entry with index < `idx`.
+    fn compact_to(&mut self, idx: u64) {
+        while let Some(e) = self.entries.front() {
+            if e.index >= idx {
+                break;
+            }
+            self.bytes -= entry_size(e);
+            self.entries.pop_front();
+        }
+    }
+
+    /// Appends contiguous entries that follow the cached ones (the cache is cleared first if
+    /// they do not).
+    fn append(&mut self, ents: &[Entry]) {
+        let Some(first) = ents.first() else { return };
+        if self
+            .entries
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
+            self.clear();
+        }
+        // Entries that would be evicted right away are not worth cloning.
+        let skip = ents.len().saturating_sub(self.max_entries);
+        for e in &ents[skip..] {
+            self.bytes += entry_size(e);
+            self.entries.push_back(e.clone());
+        }
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        while self.entries.len() > self.max_entries || self.bytes > self.max_bytes {
+            match self.entries.pop_front() {
+                Some(e) => self.bytes -= entry_size(&e),
+                None => break,
+            }
+        }
+    }
+}
+
+fn entry_size(e: &Entry) -> u64 {
+    u64::from(e.compute_size())
+}
+
+/// Collects entries under raft's `limit_size` rule: the first entry always, then more while
+/// the running total stays within `max`.
+struct SizeLimited {
+    out: Vec<Entry>,
+    size: u64,
+    max: u64,
+}
+
+impl SizeLimited {
+    fn new(max_size: Option<u64>, capacity: usize) -> Self {
+        let max = match max_size {
+            None | Some(NO_LIMIT) => u64::MAX,
+            Some(m) => m,
+        };
+        Self {
+            out: Vec::with_capacity(capacity),
+            size: 0,
+            max,
+        }
+    }
+
+    /// Returns false (and drops `e`) once the limit is reached; the caller stops then.
+    fn push(&mut self, e: Entry) -> bool {
+        self.size = self.size.saturating_add(entry_size(&e));
+        if !self.out.is_empty() && self.size > self.max {
+            return false;
+        }
+        self.out.push(e);
+        true
+    }
+}
+
+fn log_key(idx: u64) -> [u8; 8] {
+    idx.to_be_bytes()
+}
+
+fn decode_log_key(key: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StorageError::Corrupt(format!("log key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn encode<M: protobuf::Message>(m: &M) -> Result<Vec<u8>, StorageError> {
+    let bytes = m.write_to_bytes()?;
+    if bytes.len() > MAX_VALUE_LEN {
+        return Err(StorageError::ValueTooLarge { len: bytes.len() });
+    }
+    Ok(bytes)
+}
+
+fn encode_truncated(index: u64, term: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&index.to_be_bytes());
+    out[8..].copy_from_slice(&term.to_be_bytes());
+    out
+}
+
+fn decode_truncated(v: &[u8]) -> Result<(u64, u64), StorageError> {
+    let bytes: [u8; 16] = v
+        .try_into()
+        .map_err(|_| StorageError::Corrupt(format!("truncated record of {} bytes", v.len())))?;
+    let mut index = [0u8; 8];
+    let mut term = [0u8; 8];
+    index.copy_from_slice(&bytes[..8]);
+    term.copy_from_slice(&bytes[8..]);
+    Ok((u64::from_be_bytes(index), u64::from_be_bytes(term)))
+}
+
+fn decode_entry(expected_index: u64, v: &[u8]) -> Result<Entry, StorageError> {
+    let e = Entry::parse_from_bytes(v)?;
+    if e.index != expected_index {
+        return Err(StorageError::Corrupt(format!(
+            "log key {expected_index} holds entry with index {}",
+            e.index
+        )));
+    }
+    Ok(e)
+}
+
+/// Commits `batch` atomically and fsyncs the journal before returning.
+fn commit_synced(batch: OwnedWriteBatch) -> Result<(), StorageError> {
+    batch.durability(Some(PersistMode::SyncAll)).commit()?;
+    Ok(())
+}
+
+/// `raft::Storage` over a fjall database. See the module docs for the layout.
+pub struct FjallStorage {
+    dir: PathBuf,
+    db: Database,
+    log: Keyspace,
+    state: Keyspace,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the entry just before the first one kept (0, 0 when nothing was
+    /// ever compacted).
+    truncated_index: u64,
+    truncated_term: u64,
+    last_index: u64,
+    snapshot_meta: Option<SnapshotMetadata>,
+    initialized: bool,
+    cache: EntryCache,
+}
+
+impl fmt::Debug for FjallStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FjallStorage")
+            .field("dir", &self.dir)
+            .field("first_index", &self.first_index_inner())
+            .field("last_index", &self.last_index)
+            .field("truncated_term", &self.truncated_term)
+            .field("hard_state", &self.hard_state)
+            .field("conf_state", &self.conf_state)
+            .field(
+                "snapshot_index",
+                &self.snapshot_meta.as_ref().map(|m| m.index),
+            )
+            .field("initialized", &self.initialized)
+            .field("cached_entries", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FjallStorage {
+    /// Opens (creating if absent) the raft storage in `dir` (a fjall Database directory).
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with_cache_limits(dir, CACHE_MAX_ENTRIES, CACHE_MAX_BYTES)
+    }
+
+    fn open_with_cache_limits(
+        dir: &Path,
+        cache_entries: usize,
+        cache_bytes: u64,
+    ) -> Result<Self, StorageError> {
+        let db = Database::builder(dir).open()?;
+        let log = db.keyspace(LOG_KEYSPACE, KeyspaceCreateOptions::default)?;
+        let state = db.keyspace(STATE_KEYSPACE, KeyspaceCreateOptions::default)?;
+
+        let hard_state = state
+            .get(KEY_HARD_STATE)?
+            .map(|v| HardState::parse_from_bytes(&v))
+            .transpose()?;
+        let conf_state = state
+            .get(KEY_CONF_STATE)?
+            .map(|v| ConfState::parse_from_bytes(&v))
+            .transpose()?;
+        let truncated = state
+            .get(KEY_TRUNCATED)?
+            .map(|v| decode_truncated(&v))
+            .transpose()?;
+        let snapshot_meta = state
+            .get(KEY_SNAPSHOT_META)?
+            .map(|v| SnapshotMetadata::parse_from_bytes(&v))
+            .transpose()?;
+        let initialized = hard_state.is_some()
+            || conf_state.is_some()
+            || truncated.is_some()
+            || snapshot_meta.is_some();
+        let (truncated_index, truncated_term) = truncated.unwrap_or((0, 0));
+
+        // The log must hold exactly the keys truncated_index+1 ..= last.
+        let mut expected = truncated_index + 1;
+        for guard in log.iter() {
+            let idx = decode_log_key(&guard.key()?)?;
+            if idx != expected {
+                return Err(StorageError::Corrupt(format!(
+                    "raft log not contiguous: expected index {expected}, found {idx} \
+                     (truncated index {truncated_index})"
+                )));
+            }
+            expected += 1;
+        }
+        let last_index = expected - 1;
+
+        let hard_state = hard_state.unwrap_or_default();
+        if hard_state.commit > last_index {
+            return Err(StorageError::Corrupt(format!(
+                "hard state commit {} beyond last index {last_index}",
+                hard_state.commit
+            )));
+        }
+        if let Some(meta) = &snapshot_meta
+            && meta.index > last_index
+        {
+            return Err(StorageError::Corrupt(format!(
+                "snapshot index {} beyond last index {last_index}",
+                meta.index
+            )));
+        }
+
+        let mut storage = Self {
+            dir: dir.to_path_buf(),
+            db,
+            log,
+            state,
+            hard_state,
+            conf_state: conf_state.unwrap_or_default(),
+            truncated_index,
+            truncated_term,
+            last_index,
+            snapshot_meta,
+            initialized,
+            cache: EntryCache::new(cache_entries, cache_bytes),
+        };
+        storage.warm_cache()?;
+        tracing::debug!(storage = ?storage, "opened raft storage");
+        Ok(storage)
+    }
+
+    /// Loads the most recent entries into the cache.
+    fn warm_cache(&mut self) -> Result<(), StorageError> {
+        let first = self.first_index_inner();
+        let n = u64::try_from(self.cache.max_entries).unwrap_or(u64::MAX);
+        let start = cmp::max(first, (self.last_index + 1).saturating_sub(n));
+        if start > self.last_index {
+            return Ok(());
+        }
+        let mut ents = Vec::new();
+        let mut expected = start;
+        for guard in self.log.range(log_key(start)..) {
+            let (k, v) = guard.into_inner()?;
+            let idx = decode_log_key(&k)?;
+            if idx != expected {
+                return Err(StorageError::Corrupt(format!(
+                    "raft log not contiguous: expected index {expected}, found {idx}"
+                )));
+            }
+            ents.push(decode_entry(idx, &v)?);
+            expected += 1;
+        }
+        if expected != self.last_index + 1 {
+            return Err(StorageError::Corrupt(format!(
+                "raft log ends at {} but last index is {}",
+                expected - 1,
+                self.last_index
+            )));
+        }
+        self.cache.append(&ents);
+        Ok(())
+    }
+
+    /// True once a HardState, a ConfState or a snapshot was ever persisted (i.e. the member was
+    /// bootstrapped).
+    pub fn is_initialized(&self) -> bool {
+        self.initialized
+    }
+
+    /// Bootstrap of a fresh member of a static cluster: record `conf_state` (voters) as of
+    /// index 0 term 0, persisted and fsynced.
+    pub fn initialize_with_conf_state(
+        &mut self,
+        conf_state: ConfState,
+    ) -> Result<(), StorageError> {
+        if self.initialized || self.last_index != 0 {
+            return Err(StorageError::AlreadyInitialized);
+        }
+        let hard_state = HardState::default();
+        let mut batch = self.db.batch();
+        batch.insert(&self.state, KEY_CONF_STATE, encode(&conf_state)?);
+        batch.insert(&self.state, KEY_HARD_STATE, encode(&hard_state)?);
+        batch.insert(&self.state, KEY_TRUNCATED, encode_truncated(0, 0));
+        commit_synced(batch)?;
+        self.conf_state = conf_state;
+        self.hard_state = hard_state;
+        self.truncated_index = 0;
+        self.truncated_term = 0;
+        self.initialized = true;
+        Ok(())
+    }
+
+    /// Persists one Ready: appends `entries` (truncating any existing suffix starting at
+    /// `entries[0].index`) and the HardState if given, in ONE fjall batch, fsynced before
+    /// returning. Either may be empty/None.
+    ///
+    /// Errors if the entries are not consecutive, start before the first index or after
+    /// `last_index + 1`, or if the resulting commit index would lie beyond the last entry (which
+    /// also refuses to remove committed entries).
+    pub fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        let mut new_last = self.last_index;
+        if let Some(first) = entries.first() {
+            let start = first.index;
+            let first_index = self.first_index_inner();
+            if start < first_index {
+                return Err(StorageError::AppendCompacted {
+                    index: start,
+                    first_index,
+                });
+            }
+            if start > self.last_index + 1 {
+                return Err(StorageError::AppendGap {
+                    index: start,
+                    last_index: self.last_index,
+                });
+            }
+            for (expected, e) in (start..).zip(entries) {
+                if e.index != expected {
+                    return Err(StorageError::NotContiguous {
+                        expected,
+                        found: e.index,
+                    });
+                }
+                batch.insert(&self.log, log_key(e.index), encode(e)?);
+            }
+            new_last = start + entries.len() as u64 - 1;
+            for idx in new_last + 1..=self.last_index {
+                batch.remove(&self.log, log_key(idx));
+            }
+        }
+        let commit = hard_state.map_or(self.hard_state.commit, |hs| hs.commit);
+        if commit > new_last {
+            return Err(StorageError::CommitBeyondLast {
+                commit,
+                last_index: new_last,
+            });
+        }
+        if let Some(hs) = hard_state {
+            batch.insert(&self.state, KEY_HARD_STATE, encode(hs)?);
+        }
+        commit_synced(batch)?;
+
+        if let Some(first) = entries.first() {
+            self.cache.truncate_from(first.index);
+            self.cache.append(entries);
+            self.last_index = new_last;
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+            self.initialized = true;
+        }
+        Ok(())
+    }
+
+    /// Updates only the commit index of the persisted HardState (from a LightReady); persisted
+    /// in the same way. Errors if `commit` is beyond the last index.
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
+        if commit == self.hard_state.commit && self.initialized {
+            return Ok(());
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.persist(&[], Some(&hs))
+    }
+
+    /// Records a new ConfState (after applying a conf change), persisted.
+    pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        batch.insert(&self.state, KEY_CONF_STATE, encode(&conf_state)?);
+        commit_synced(batch)?;
+        self.conf_state = conf_state;
+        self.initialized = true;
+        Ok(())
+    }
+
+    /// Removes log entries below `compact_index` (point removes in one batch), recording the
+    /// truncated index/term so `term(first_index - 1)` still answers. At or below the first
+    /// index this is a no-op; beyond `last_index + 1` it is an error. `compact_index ==
+    /// last_index + 1` removes every entry.
+    pub fn compact(&mut self, compact_index: u64) -> Result<(), StorageError> {
+        let first_index = self.first_index_inner();
+        if compact_index <= first_index {
+            return Ok(());
+        }
+        if compact_index > self.last_index + 1 {
+            return Err(StorageError::CompactBeyondLast {
+                compact_index,
+                last_index: self.last_index,
+            });
+        }
+        let truncated_index = compact_index - 1;
+        let truncated_term = self.term_in_log(truncated_index)?;
+        let mut batch = self.db.batch();
+        for idx in first_index..compact_index {
+            batch.remove(&self.log, log_key(idx));
+        }
+        batch.insert(
+            &self.state,
+            KEY_TRUNCATED,
+            encode_truncated(truncated_index, truncated_term),
+        );
+        commit_synced(batch)?;
+        self.truncated_index = truncated_index;
+        self.truncated_term = truncated_term;
+        self.cache.compact_to(compact_index);
+        self.initialized = true;
+        Ok(())
+    }
+
+    /// Stores a snapshot produced locally (its data + metadata); later `snapshot()` returns it.
+    /// Does not touch the log. The snapshot must not be older than the stored one or the
+    /// truncation point, must not be beyond the last index, and its term must match the log.
+    pub fn store_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        let meta = snapshot.get_metadata();
+        let index = meta.index;
+        let older_than_stored = self.snapshot_meta.as_ref().is_some_and(|m| index < m.index);
+        if older_than_stored || index < self.truncated_index {
+            return Err(StorageError::SnapshotOutOfDate {
+                index,
+                first_index: self.first_index_inner(),
+            });
+        }
+        if index > self.last_index {
+            return Err(StorageError::InvalidSnapshot(format!(
+                "snapshot index {index} beyond last index {}",
+                self.last_index
+            )));
+        }
+        let term = if index == self.truncated_index {
+            self.truncated_term
+        } else {
+            self.term_in_log(index)?
+        };
+        if term != meta.term {
+            return Err(StorageError::InvalidSnapshot(format!(
+                "snapshot at index {index} has term {} but the log has term {term}",
+                meta.term
+            )));
+        }
+        let mut batch = self.db.batch();
+        batch.insert(&self.state, KEY_SNAPSHOT_META, encode(meta)?);
+        batch.insert(&self.state, KEY_SNAPSHOT, encode(&snapshot)?);
+        commit_synced(batch)?;
+        self.snapshot_meta = Some(meta.clone());
+        self.initialized = true;
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: replaces the log, sets the hard state's
+    /// commit to the snapshot index and its term to at least the snapshot term, and the conf
+    /// state to the snapshot's, like `MemStorage::apply_snapshot`, atomically (one batch,
+    /// fsynced). The snapshot also becomes the one `snapshot()` returns. Errors if it is older
+    /// than the current first index.
+    pub fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        let meta = snapshot.get_metadata();
+        let index = meta.index;
+        let first_index = self.first_index_inner();
+        if first_index > index {
+            return Err(StorageError::SnapshotOutOfDate { index, first_index });
+        }
+        let mut hard_state = self.hard_state.clone();
+        hard_state.term = cmp::max(hard_state.term, meta.term);
+        hard_state.commit = index;
+        let conf_state = meta.get_conf_state().clone();
+
+        let mut batch = self.db.batch();
+        for idx in first_index..=self.last_index {
+            batch.remove(&self.log, log_key(idx));
+        }
+        batch.insert(
+            &self.state,
+            KEY_TRUNCATED,
+            encode_truncated(index, meta.term),
+        );
+        batch.insert(&self.state, KEY_HARD_STATE, encode(&hard_state)?);
+        batch.insert(&self.state, KEY_CONF_STATE, encode(&conf_state)?);
+        batch.insert(&self.state, KEY_SNAPSHOT_META, encode(meta)?);
+        batch.insert(&self.state, KEY_SNAPSHOT, encode(&snapshot)?);
+        commit_synced(batch)?;
+
+        self.truncated_index = index;
+        self.truncated_term = meta.term;
+        self.last_index = index;
+        self.cache.clear();
+        self.hard_state = hard_state;
+        self.conf_state = conf_state;
+        self.snapshot_meta = Some(meta.clone());
+        self.initialized = true;
+        Ok(())
+    }
+
+    /// The fjall database, so the node layer can keep its own keyspace (member metadata) in the
+    /// same directory.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The persisted hard state.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The persisted conf state.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Metadata of the stored snapshot, if any.
+    pub fn snapshot_metadata(&self) -> Option<&SnapshotMetadata> {
+        self.snapshot_meta.as_ref()
+    }
+
+    fn first_index_inner(&self) -> u64 {
+        self.truncated_index + 1
+    }
+
+    /// Reads one entry, from the cache or fjall. `idx` must be in `first..=last`.
+    fn read_entry(&self, idx: u64) -> Result<Entry, StorageError> {
+        if let Some(e) = self.cache.get(idx) {
+            return Ok(e.clone());
+        }
+        let v = self
+            .log
+            .get(log_key(idx))?
+            .ok_or_else(|| StorageError::Corrupt(format!("log entry {idx} missing")))?;
+        decode_entry(idx, &v)
+    }
+
+    /// Term of an entry in `first..=last`.
+    fn term_in_log(&self, idx: u64) -> Result<u64, StorageError> {
+        if let Some(e) = self.cache.get(idx) {
+            return Ok(e.term);
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn entries_inner(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first_index_inner() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        if low > high {
+            return Err(StorageError::InvalidRange { low, high }.into());
+        }
+        let count = usize::try_from(high - low).unwrap_or(usize::MAX);
+        let mut out = SizeLimited::new(max_size, cmp::min(count, 1024));
+
+        // Entries before the cache come from fjall.
+        let cache_first = self.cache.first_index().unwrap_or(self.last_index + 1);
+        let disk_high = cmp::min(high, cache_first);
+        if low < disk_high {
+            let mut expected = low;
+            for guard in self.log.range(log_key(low)..log_key(disk_high)) {
+                let (k, v) = guard.into_inner().map_err(StorageError::from)?;
+                let idx = decode_log_key(&k)?;
+                if idx != expected {
+                    return Err(StorageError::Corrupt(format!(
+                        "log entry {expected} missing (found {idx})"
+                    ))
+                    .into());
+                }
+                expected += 1;
+                if !out.push(decode_entry(idx, &v)?) {
+                    return Ok(out.out);
+                }
+            }
+            if expected != disk_high {
+                return Err(StorageError::Corrupt(format!("log entry {expected} missing")).into());
+            }
+        }
+        for idx in cmp::max(low, cache_first)..high {
+            let Some(e) = self.cache.get(idx) else {
+                return Err(StorageError::Corrupt(format!("cache lost entry {idx}")).into());
+            };
+            if !out.push(e.clone()) {
+                break;
+            }
+        }
+        Ok(out.out)
+    }
+}
+
+impl raft::Storage for FjallStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.entries_inner(low, high, max_size.into())
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        if idx < self.first_index_inner() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.term_in_log(idx)?)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_index_inner())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let available = self
+            .snapshot_meta
+            .as_ref()
+            .is_some_and(|m| m.index >= request_index);
+        if !available {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let v = self
+            .state
+            .get(KEY_SNAPSHOT)
+            .map_err(StorageError::from)?
+            .ok_or_else(|| StorageError::Corrupt("snapshot metadata without data".into()))?;
+        Ok(Snapshot::parse_from_bytes(&v).map_err(StorageError::from)?)
+    }
+}
+
+#[cfg(test)]
+#[path = "storage_tests.rs"]
+mod tests;

@@ -1,0 +1,168 @@
+//! Wires a member together: the replicated core, the client listener (gRPC +
+//! HTTP) and the peer listener; runs until SIGTERM/SIGINT or a storage failure.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use fenced_proto::pb::{
+    cluster_server::ClusterServer, kv_server::KvServer, peer_server::PeerServer,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{Limits, cluster::ClusterService, kv::KvService, peer::PeerService};
+use crate::config::Config;
+use crate::{http, node};
+
+/// Most operations per transaction branch (like etcd's `--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+
+/// Runs a member until it is told to stop. Returns an error for a startup
+/// problem or a storage failure.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    let prometheus = install_metrics();
+    let client_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen for clients on --listen {}", config.listen))?;
+    let peer_listener = TcpListener::bind(config.peer_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for peers on --peer-listen {}",
+                config.peer_listen
+            )
+        })?;
+
+    let started = node::start(&config)?;
+    let node = started.node.clone();
+    tracing::info!(
+        id = config.id,
+        client = %config.listen,
+        peer = %config.peer_listen,
+        data_dir = %config.data_dir.display(),
+        "fenced member started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = Limits {
+        max_key_bytes: config.max_key_bytes,
+        max_value_bytes: config.max_value_bytes,
+        max_txn_ops: MAX_TXN_OPS,
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<KvServer<KvService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fenced_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the gRPC reflection service")?;
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(
+        KvServer::new(KvService::new(node.clone(), limits))
+            .max_decoding_message_size(config.max_request_bytes),
+    )
+    .add_service(ClusterServer::new(ClusterService::new(
+        node.clone(),
+        started.peers.clone(),
+        config.listen.to_string(),
+    )))
+    .add_service(health_service)
+    .add_service(reflection);
+    let grpc = grpc.routes();
+    let app = grpc
+        .into_axum_router()
+        .merge(http::router(node.clone(), prometheus));
+    let client_server = {
+        let mut stop = stop_rx.clone();
+        let listener = client_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let peer_server = {
+        let mut stop = stop_rx.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
+        let service = PeerServer::new(PeerService::new(node.clone()))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(1)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        )
+    };
+
+    let driver = started.driver;
+    let mut driver_done = tokio::task::spawn_blocking(move || driver.join());
+    let failure = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down");
+            None
+        }
+        joined = &mut driver_done => Some(match joined {
+            Ok(Ok(Ok(()))) => anyhow::anyhow!("the raft driver stopped unexpectedly"),
+            Ok(Ok(Err(err))) => err,
+            Ok(Err(_)) | Err(_) => anyhow::anyhow!("the raft driver panicked"),
+        }),
+    };
+    let _ = stop_tx.send(true);
+    node.shutdown();
+    if let Some(err) = failure {
+        // Fail-stop: do not serve anything after a storage failure.
+        tracing::error!(cause = %err, "stopping");
+        return Err(err);
+    }
+    // Give in-flight requests a moment to finish, then stop regardless.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = client_server.await;
+        let _ = peer_server.await;
+    })
+    .await;
+    match tokio::time::timeout(Duration::from_secs(5), driver_done).await {
+        Ok(Ok(Ok(Err(err)))) => return Err(err),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("raft driver did not stop within 5s"),
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Installs the Prometheus recorder once per process.
+fn install_metrics() -> Option<PrometheusHandle> {
+    match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(err) => {
+            tracing::warn!(cause = %err, "metrics recorder not installed; /metrics will be empty");
+            None
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the member runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
