@@ -81,14 +81,30 @@ pub enum StorageError {
         /// The index found.
         found: u64,
     },
-    /// The write would leave a commit index beyond the last log entry (or would remove
-    /// committed entries).
+    /// `persist` was given entries that would overwrite committed entries (raft never does).
+    #[error("cannot append at index {index}: entries up to commit index {commit} are committed")]
+    OverwriteCommitted {
+        /// Index of the first entry given.
+        index: u64,
+        /// Current (persisted) commit index.
+        commit: u64,
+    },
+    /// The write would leave the commit index beyond the last log entry.
     #[error("commit index {commit} beyond last index {last_index}")]
     CommitBeyondLast {
         /// The commit index.
         commit: u64,
         /// The last index after the write.
         last_index: u64,
+    },
+    /// The write would leave the commit index below the truncated (compacted or snapshot)
+    /// index; raft-rs would refuse to start on such a store.
+    #[error("commit index {commit} below truncated index {truncated_index}")]
+    CommitBelowTruncated {
+        /// The commit index.
+        commit: u64,
+        /// Index of the last compacted entry (or of the snapshot).
+        truncated_index: u64,
     },
     /// `compact` was asked to remove entries that were never received.
     #[error("cannot compact to {compact_index}: last index is {last_index}")]
@@ -97,6 +113,15 @@ pub enum StorageError {
         compact_index: u64,
         /// Current last index.
         last_index: u64,
+    },
+    /// `compact` was asked to remove entries that are not committed. raft-rs would refuse to
+    /// start on such a log (its commit index would precede the first index).
+    #[error("cannot compact to {compact_index}: commit index is {commit}")]
+    CompactBeyondCommit {
+        /// Requested compact index.
+        compact_index: u64,
+        /// Current (persisted) commit index.
+        commit: u64,
     },
     /// The snapshot is older than what the storage already has.
     #[error("snapshot at index {index} is out of date (first index {first_index})")]
@@ -408,9 +433,10 @@ impl FjallStorage {
         let last_index = expected - 1;
 
         let hard_state = hard_state.unwrap_or_default();
-        if hard_state.commit > last_index {
+        if hard_state.commit > last_index || hard_state.commit < truncated_index {
             return Err(StorageError::Corrupt(format!(
-                "hard state commit {} beyond last index {last_index}",
+                "hard state commit {} outside [{truncated_index}, {last_index}] \
+                 (truncated index, last index)",
                 hard_state.commit
             )));
         }
@@ -507,13 +533,26 @@ impl FjallStorage {
     /// `entries[0].index`) and the HardState if given, in ONE fjall batch, fsynced before
     /// returning. Either may be empty/None.
     ///
-    /// Errors if the entries are not consecutive, start before the first index or after
-    /// `last_index + 1`, or if the resulting commit index would lie beyond the last entry (which
-    /// also refuses to remove committed entries).
+    /// Errors if the entries are not consecutive, start before the first index, after
+    /// `last_index + 1` or at/below the persisted commit index (raft-rs itself refuses that),
+    /// or if the resulting commit index would lie beyond the last entry or below the truncated
+    /// index.
     pub fn persist(
         &mut self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        // fdatasync, like etcd's WAL: it flushes the data and the file size, which is all a
+        // journal append needs to be readable after a crash.
+        self.write(entries, hard_state, PersistMode::SyncData)
+    }
+
+    /// [`FjallStorage::persist`] with a chosen durability.
+    fn write(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        durability: PersistMode,
     ) -> Result<(), StorageError> {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
@@ -533,6 +572,12 @@ impl FjallStorage {
                 return Err(StorageError::AppendGap {
                     index: start,
                     last_index: self.last_index,
+                });
+            }
+            if start <= self.hard_state.commit {
+                return Err(StorageError::OverwriteCommitted {
+                    index: start,
+                    commit: self.hard_state.commit,
                 });
             }
             for (expected, e) in (start..).zip(entries) {
@@ -556,10 +601,16 @@ impl FjallStorage {
                 last_index: new_last,
             });
         }
+        if commit < self.truncated_index {
+            return Err(StorageError::CommitBelowTruncated {
+                commit,
+                truncated_index: self.truncated_index,
+            });
+        }
         if let Some(hs) = hard_state {
             batch.insert(&self.state, KEY_HARD_STATE, encode(hs)?);
         }
-        commit_synced(batch)?;
+        batch.durability(Some(durability)).commit()?;
 
         if let Some(first) = entries.first() {
             self.cache.truncate_from(first.index);
@@ -573,15 +624,18 @@ impl FjallStorage {
         Ok(())
     }
 
-    /// Updates only the commit index of the persisted HardState (from a LightReady); persisted
-    /// in the same way. Errors if `commit` is beyond the last index.
+    /// Updates only the commit index of the HardState (from a LightReady). Written in the same
+    /// atomic way but **not fsynced**: it reaches the disk with the next fsynced batch. Losing
+    /// it in a crash is harmless (raft learns the commit index again from the leader), and an
+    /// fsync here would double the fsyncs per Ready. Errors if `commit` is beyond the last
+    /// index or below the truncated index.
     pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
         if commit == self.hard_state.commit && self.initialized {
             return Ok(());
         }
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
-        self.persist(&[], Some(&hs))
+        self.write(&[], Some(&hs), PersistMode::Buffer)
     }
 
     /// Records a new ConfState (after applying a conf change), persisted.
@@ -596,8 +650,9 @@ impl FjallStorage {
 
     /// Removes log entries below `compact_index` (point removes in one batch), recording the
     /// truncated index/term so `term(first_index - 1)` still answers. At or below the first
-    /// index this is a no-op; beyond `last_index + 1` it is an error. `compact_index ==
-    /// last_index + 1` removes every entry.
+    /// index this is a no-op; beyond `last_index + 1` it is an error, and so is beyond
+    /// `commit + 1` (uncommitted entries must stay). `compact_index == last_index + 1` removes
+    /// every entry.
     pub fn compact(&mut self, compact_index: u64) -> Result<(), StorageError> {
         let first_index = self.first_index_inner();
         if compact_index <= first_index {
@@ -607,6 +662,12 @@ impl FjallStorage {
             return Err(StorageError::CompactBeyondLast {
                 compact_index,
                 last_index: self.last_index,
+            });
+        }
+        if compact_index > self.hard_state.commit + 1 {
+            return Err(StorageError::CompactBeyondCommit {
+                compact_index,
+                commit: self.hard_state.commit,
             });
         }
         let truncated_index = compact_index - 1;
@@ -630,7 +691,8 @@ impl FjallStorage {
 
     /// Stores a snapshot produced locally (its data + metadata); later `snapshot()` returns it.
     /// Does not touch the log. The snapshot must not be older than the stored one or the
-    /// truncation point, must not be beyond the last index, and its term must match the log.
+    /// truncation point, must not be beyond the persisted commit index, and its term must match
+    /// the log.
     pub fn store_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
         let meta = snapshot.get_metadata();
         let index = meta.index;
@@ -641,10 +703,10 @@ impl FjallStorage {
                 first_index: self.first_index_inner(),
             });
         }
-        if index > self.last_index {
+        if index > self.hard_state.commit {
             return Err(StorageError::InvalidSnapshot(format!(
-                "snapshot index {index} beyond last index {}",
-                self.last_index
+                "snapshot index {index} beyond commit index {}",
+                self.hard_state.commit
             )));
         }
         let term = if index == self.truncated_index {

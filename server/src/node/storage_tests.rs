@@ -20,10 +20,11 @@ use super::{FjallStorage, StorageError};
 // helpers
 
 fn ent(index: u64, term: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e
+    Entry {
+        index,
+        term,
+        ..Default::default()
+    }
 }
 
 fn ent_data(index: u64, term: u64, len: usize) -> Entry {
@@ -45,17 +46,19 @@ fn snap(index: u64, term: u64, voters: Vec<u64>) -> Snapshot {
 }
 
 fn hs(term: u64, vote: u64, commit: u64) -> HardState {
-    let mut h = HardState::default();
-    h.term = term;
-    h.vote = vote;
-    h.commit = commit;
-    h
+    HardState {
+        term,
+        vote,
+        commit,
+        ..Default::default()
+    }
 }
 
 fn voters(v: Vec<u64>) -> ConfState {
-    let mut cs = ConfState::default();
-    cs.voters = v;
-    cs
+    ConfState {
+        voters: v,
+        ..Default::default()
+    }
 }
 
 fn ctx() -> GetEntriesContext {
@@ -439,6 +442,7 @@ fn first_and_last_index<L: TestLog>(mut l: L) {
     l.append(&[ent(6, 5)]).unwrap();
     check_reopen(&mut l);
     assert_eq!(l.last_index(), Ok(6));
+    l.set_hard_state(hs(5, 0, 3)).unwrap();
     l.compact(4).unwrap();
     check_reopen(&mut l);
     assert_eq!(l.first_index(), Ok(4));
@@ -451,6 +455,7 @@ fn compact_table<L: TestLog>(new: fn() -> L) {
     for (i, (idx, want_first, want_term, want_len)) in cases.into_iter().enumerate() {
         let mut l = new();
         setup(&mut l, 2, 2, &[ent(3, 3), ent(4, 4), ent(5, 5)]);
+        l.set_hard_state(hs(5, 0, 5)).unwrap();
         l.compact(idx).unwrap();
         check_reopen(&mut l);
         let first = l.first_index().unwrap();
@@ -461,7 +466,6 @@ fn compact_table<L: TestLog>(new: fn() -> L) {
         assert_eq!(last, 5, "#{i}: last index");
         let len = l.entries(first, last + 1, 100, ctx()).unwrap().len();
         assert_eq!(len, want_len, "#{i}: len");
-        assert_eq!(l.term(first - 2), Err(COMPACTED), "#{i}");
         assert_eq!(
             l.entries(first - 1, last + 1, None, ctx()),
             Err(COMPACTED),
@@ -482,6 +486,7 @@ fn compact_beyond_last_is_error<L: TestLog>(mut l: L) {
 
 fn append_after_compact<L: TestLog>(mut l: L) {
     l.append(&ents(1..=6, 1)).unwrap();
+    l.set_hard_state(hs(1, 0, 3)).unwrap();
     l.compact(4).unwrap();
     check_reopen(&mut l);
     // Overwrite starting at the first index.
@@ -493,6 +498,7 @@ fn append_after_compact<L: TestLog>(mut l: L) {
     // Below the first index is refused.
     assert!(l.append(&[ent(3, 2)]).is_err());
     // Compacting again, then appending at the end.
+    l.set_hard_state(hs(2, 0, 4)).unwrap();
     l.compact(5).unwrap();
     l.append(&[ent(6, 3)]).unwrap();
     check_reopen(&mut l);
@@ -609,6 +615,7 @@ fn long_log_with_data<L: TestLog>(mut l: L) {
     l.append(&overwrite).unwrap();
     check_reopen(&mut l);
     assert_eq!(l.last_index(), Ok(70));
+    l.set_hard_state(hs(2, 0, 19)).unwrap();
     l.compact(20).unwrap();
     check_reopen(&mut l);
 
@@ -630,7 +637,7 @@ fn long_log_with_data<L: TestLog>(mut l: L) {
 }
 
 macro_rules! conformance_suite {
-    (fresh: [$($case:ident),* $(,)?], factory: [$($fcase:ident),* $(,)?]) => {
+    (fresh: [$($case:ident),* $(,)?], factory: [$($fcase:ident),* $(,)?] $(,)?) => {
         mod mem_storage {
             $( #[test] fn $case() { super::$case(super::new_mem()); } )*
             $( #[test] fn $fcase() { super::$fcase(super::new_mem); } )*
@@ -686,8 +693,8 @@ fn reopen(dir: &TempDir, s: FjallStorage) -> FjallStorage {
 fn compact_keeps_term_of_truncated_index() {
     // MemStorage forgets term(first_index - 1) after compact; FjallStorage keeps it.
     let (dir, mut s) = open_tmp();
-    s.persist(&[ent(1, 1), ent(2, 1), ent(3, 2), ent(4, 3)], None)
-        .unwrap();
+    let entries = [ent(1, 1), ent(2, 1), ent(3, 2), ent(4, 3)];
+    s.persist(&entries, Some(&hs(3, 0, 3))).unwrap();
     s.compact(4).unwrap();
     assert_eq!(s.first_index(), Ok(4));
     assert_eq!(s.term(3), Ok(2));
@@ -731,8 +738,30 @@ fn compact_everything() {
 }
 
 #[test]
-fn bootstrap_and_is_initialized() {
+fn compact_beyond_commit_is_error() {
     let (dir, mut s) = open_tmp();
+    s.persist(&ents(1..=6, 1), Some(&hs(1, 0, 3))).unwrap();
+    assert!(matches!(
+        s.compact(5),
+        Err(StorageError::CompactBeyondCommit {
+            compact_index: 5,
+            commit: 3
+        })
+    ));
+    // Beyond the last index is reported as such first.
+    assert!(matches!(
+        s.compact(9),
+        Err(StorageError::CompactBeyondLast { .. })
+    ));
+    s.compact(4).unwrap();
+    let s = reopen(&dir, s);
+    assert_eq!(s.first_index(), Ok(4));
+    assert_eq!(s.term(3), Ok(1));
+}
+
+#[test]
+fn bootstrap_and_is_initialized() {
+    let (dir, s) = open_tmp();
     assert!(!s.is_initialized());
     assert!(!s.initial_state().unwrap().initialized());
     let s = reopen(&dir, s);
@@ -829,7 +858,7 @@ fn persist_rejects_bad_entries_without_side_effects() {
 }
 
 #[test]
-fn commit_beyond_last_is_error() {
+fn commit_bounds_are_enforced() {
     let (dir, mut s) = open_tmp();
     s.persist(&ents(1..=3, 1), Some(&hs(1, 0, 2))).unwrap();
     assert!(matches!(
@@ -843,19 +872,37 @@ fn commit_beyond_last_is_error() {
         s.set_commit(4),
         Err(StorageError::CommitBeyondLast { .. })
     ));
-    // Truncating below the commit index would drop committed entries.
+    // Overwriting committed entries is refused.
     assert!(matches!(
         s.persist(&[ent(2, 2)], None),
-        Err(StorageError::CommitBeyondLast { .. })
+        Err(StorageError::OverwriteCommitted {
+            index: 2,
+            commit: 2
+        })
     ));
-    // ...unless the same Ready lowers it, which raft never does but is consistent.
+    assert!(matches!(
+        s.persist(&[ent(1, 2), ent(2, 2), ent(3, 2)], None),
+        Err(StorageError::OverwriteCommitted { .. })
+    ));
+    // Uncommitted entries may be overwritten.
     s.persist(&[ent(3, 2)], None).unwrap();
-    let s = reopen(&dir, s);
+    let mut s = reopen(&dir, s);
     assert_eq!(s.hard_state(), &hs(1, 0, 2));
     assert_eq!(
         s.entries(1, 4, None, ctx()),
         Ok(vec![ent(1, 1), ent(2, 1), ent(3, 2)])
     );
+    // The commit index may not fall below the truncation point.
+    s.compact(3).unwrap();
+    assert!(matches!(
+        s.set_commit(1),
+        Err(StorageError::CommitBelowTruncated {
+            commit: 1,
+            truncated_index: 2
+        })
+    ));
+    let s = reopen(&dir, s);
+    assert_eq!(s.hard_state(), &hs(1, 0, 2));
 }
 
 #[test]
@@ -908,14 +955,16 @@ fn store_snapshot_validation() {
     let (dir, mut s) = open_tmp();
     s.persist(
         &[ent(1, 1), ent(2, 1), ent(3, 2), ent(4, 2)],
-        Some(&hs(2, 1, 4)),
+        Some(&hs(2, 1, 3)),
     )
     .unwrap();
-    // Beyond the last index.
-    assert!(matches!(
-        s.store_snapshot(snap(5, 2, vec![1])),
-        Err(StorageError::InvalidSnapshot(_))
-    ));
+    // Beyond the commit index (and beyond the last index).
+    for index in [4, 5] {
+        assert!(matches!(
+            s.store_snapshot(snap(index, 2, vec![1])),
+            Err(StorageError::InvalidSnapshot(_))
+        ));
+    }
     // Term does not match the log.
     assert!(matches!(
         s.store_snapshot(snap(3, 1, vec![1])),
@@ -929,13 +978,14 @@ fn store_snapshot_validation() {
     ));
     // Same index again (e.g. regenerated) is fine, newer too.
     s.store_snapshot(snap(3, 2, vec![1, 2])).unwrap();
+    s.set_commit(4).unwrap();
     s.store_snapshot(snap(4, 2, vec![1, 2])).unwrap();
     s.compact(5).unwrap();
     let s = reopen(&dir, s);
     assert_eq!(s.snapshot(0, 1), Ok(snap(4, 2, vec![1, 2])));
     // Older than the truncation point.
     let (_d, mut s2) = open_tmp();
-    s2.persist(&ents(1..=4, 1), None).unwrap();
+    s2.persist(&ents(1..=4, 1), Some(&hs(1, 0, 4))).unwrap();
     s2.compact(4).unwrap();
     assert!(matches!(
         s2.store_snapshot(snap(2, 1, vec![1])),
@@ -1022,7 +1072,7 @@ fn open_detects_gap_in_log() {
 #[test]
 fn open_detects_entry_below_first_index() {
     let (dir, mut s) = open_tmp();
-    s.persist(&ents(1..=5, 1), None).unwrap();
+    s.persist(&ents(1..=5, 1), Some(&hs(1, 0, 2))).unwrap();
     s.compact(3).unwrap();
     let stray = ent(1, 1).write_to_bytes().unwrap();
     log_keyspace(&s).insert(1u64.to_be_bytes(), stray).unwrap();
@@ -1045,7 +1095,7 @@ fn open_detects_commit_beyond_last() {
     state_keyspace(&s)
         .insert(super::KEY_HARD_STATE, bad)
         .unwrap();
-    expect_corrupt(&dir, s, "commit 9 beyond last index 2");
+    expect_corrupt(&dir, s, "commit 9 outside [0, 2]");
 }
 
 #[test]
@@ -1124,7 +1174,10 @@ fn cache_bounded_by_entries_and_bytes() {
     assert_eq!(s.term(9), Ok(1));
     drop(s);
     let s = FjallStorage::open_with_cache_limits(dir.path(), 8, 1000).unwrap();
-    assert_eq!(s.cache.len(), 3);
+    // Three entries of ~300 bytes plus the small entry 10.
+    assert_eq!(s.cache.len(), 4);
+    assert_eq!(s.cache.first_index(), Some(7));
+    assert!(s.cache.bytes <= 1000);
     assert_eq!(
         s.cache.bytes,
         s.cache.entries.iter().map(size_of).sum::<u64>()
@@ -1193,7 +1246,7 @@ enum Op {
     Gap {
         ahead: u64,
     },
-    /// Compact to `first_index - 1 + pick % (span + 3)`.
+    /// Compact to somewhere in `first_index - 1..=commit + 2`.
     Compact {
         pick: u64,
     },
@@ -1202,10 +1255,15 @@ enum Op {
         ahead: u64,
         term: u64,
     },
-    /// Persist a hard state with `commit = pick % (last_index + 1)`.
+    /// Persist a hard state, its commit somewhere in `commit..=last_index` (raft never lowers
+    /// it).
     HardState {
         term: u64,
         vote: u64,
+        pick: u64,
+    },
+    /// Advance the commit index to somewhere in `commit..=last_index` (`set_commit`).
+    Commit {
         pick: u64,
     },
     Reopen,
@@ -1219,13 +1277,14 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             term
         }),
         1 => (2u64..4).prop_map(|ahead| Op::Gap { ahead }),
-        3 => any::<u64>().prop_map(|pick| Op::Compact { pick }),
+        4 => any::<u64>().prop_map(|pick| Op::Compact { pick }),
         1 => (0u64..8, 1u64..6).prop_map(|(ahead, term)| Op::Snapshot { ahead, term }),
         2 => (1u64..6, 0u64..4, any::<u64>()).prop_map(|(term, vote, pick)| Op::HardState {
             term,
             vote,
             pick
         }),
+        3 => any::<u64>().prop_map(|pick| Op::Commit { pick }),
         2 => Just(Op::Reopen),
     ]
 }
@@ -1300,10 +1359,9 @@ fn run_ops(
             Op::Append { back, len, term } => {
                 let start = cmp_max(first, (last + 1).saturating_sub(back));
                 let batch: Vec<Entry> = (start..start + len).map(|i| ent(i, term)).collect();
-                let new_last = if len == 0 { last } else { start + len - 1 };
-                if commit > new_last {
-                    // Would drop committed entries: FjallStorage refuses, MemStorage does not
-                    // check (raft never asks for it).
+                if len > 0 && start <= commit {
+                    // Would overwrite committed entries: FjallStorage refuses, MemStorage does
+                    // not check (raft never asks for it).
                     prop_assert!(f.append(&batch).is_err());
                     continue;
                 }
@@ -1316,10 +1374,22 @@ fn run_ops(
                 prop_assert!(m.append(&batch).is_err());
             }
             Op::Compact { pick } => {
-                let ci = (first - 1) + pick % (last + 5 - first);
+                let ci = (first - 1) + pick % (commit + 4 - first);
                 if ci == last + 1 {
                     // MemStorage's first_index goes back to its snapshot after compacting
                     // everything; covered by `compact_everything` instead.
+                    continue;
+                }
+                if ci > first && ci <= last + 1 && ci > commit + 1 {
+                    // Compacting uncommitted entries: FjallStorage refuses, MemStorage does not
+                    // check.
+                    let fr = f.s_mut().compact(ci);
+                    prop_assert!(
+                        matches!(fr, Err(StorageError::CompactBeyondCommit { .. })),
+                        "compact({}): {:?}",
+                        ci,
+                        fr
+                    );
                     continue;
                 }
                 let term_before = m.term(ci.saturating_sub(1));
@@ -1348,9 +1418,14 @@ fn run_ops(
                 }
             }
             Op::HardState { term, vote, pick } => {
-                let h = hs(term, vote, pick % (last + 1));
+                let h = hs(term, vote, commit + pick % (last + 1 - commit));
                 prop_assert!(f.set_hard_state(h.clone()).is_ok());
                 prop_assert!(m.set_hard_state(h).is_ok());
+            }
+            Op::Commit { pick } => {
+                let c = commit + pick % (last + 1 - commit);
+                prop_assert!(f.s_mut().set_commit(c).is_ok());
+                m.wl().mut_hard_state().commit = c;
             }
             Op::Reopen => f.reopen(),
         }

@@ -22,13 +22,21 @@ use serde::Serialize;
 use crate::target::Target;
 
 #[derive(Debug, Parser)]
-#[command(name = "fenced-bench", about = "Benchmark fenced against etcd with the same workload")]
+#[command(
+    name = "fenced-bench",
+    about = "Benchmark fenced against etcd with the same workload"
+)]
 struct Args {
     /// Which system to drive.
     #[arg(long, value_enum, default_value_t = TargetKind::Fenced)]
     target: TargetKind,
     /// Client endpoints, comma separated.
-    #[arg(long, env = "FENCED_ENDPOINTS", default_value = "127.0.0.1:7379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "FENCED_ENDPOINTS",
+        default_value = "127.0.0.1:7379",
+        value_delimiter = ','
+    )]
     endpoints: Vec<String>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 1, global = true)]
@@ -149,7 +157,10 @@ async fn run_put(
 ) -> anyhow::Result<Summary> {
     // Warm up every connection so connection setup is not measured.
     for target in targets {
-        target.put(b"bench-warmup".to_vec(), vec![0; value_size]).await.context("warm-up put")?;
+        target
+            .put(b"bench-warmup".to_vec(), vec![0; value_size])
+            .await
+            .context("warm-up put")?;
     }
     let started = Instant::now();
     let issued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -164,9 +175,7 @@ async fn run_put(
             loop {
                 let more = match stop {
                     Stop::After(d) => started.elapsed() < d,
-                    Stop::Total(n) => {
-                        issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n
-                    }
+                    Stop::Total(n) => issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n,
                 };
                 if !more {
                     break;

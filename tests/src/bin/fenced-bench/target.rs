@@ -4,13 +4,23 @@
 use crate::TargetKind;
 
 /// A connected client of one system. Cheap to clone (shares connections).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) enum Target {
     /// fenced through fenced-client.
     Fenced(fenced_client::Client),
     /// etcd through the etcd-client crate.
     #[cfg(feature = "etcd")]
     Etcd(etcd_client::KvClient),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Fenced(c) => f.debug_tuple("Fenced").field(c).finish(),
+            #[cfg(feature = "etcd")]
+            Target::Etcd(_) => f.write_str("Etcd"),
+        }
+    }
 }
 
 impl Target {
@@ -22,7 +32,13 @@ impl Target {
             TargetKind::Etcd => {
                 let urls: Vec<String> = endpoints
                     .iter()
-                    .map(|e| if e.contains("://") { e.clone() } else { format!("http://{e}") })
+                    .map(|e| {
+                        if e.contains("://") {
+                            e.clone()
+                        } else {
+                            format!("http://{e}")
+                        }
+                    })
                     .collect();
                 let client = etcd_client::Client::connect(urls, None).await?;
                 Ok(Target::Etcd(client.kv_client()))
