@@ -126,12 +126,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::error!(cause = %err, "stopping");
         return Err(err);
     }
-    // Give in-flight requests a moment to finish, then stop regardless.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = client_server.await;
-        let _ = peer_server.await;
-    })
-    .await;
+    // Give in-flight client requests a moment to finish. Peer streams are
+    // long-lived and never end by themselves; dropping them is harmless
+    // (raft retransmits), so they are not waited for.
+    let client_abort = client_server.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), client_server).await.is_err() {
+        client_abort.abort();
+    }
+    peer_server.abort();
     match tokio::time::timeout(Duration::from_secs(5), driver_done).await {
         Ok(Ok(Ok(Err(err)))) => return Err(err),
         Ok(_) => {}
