@@ -1,1 +1,247 @@
-fn main() {}
+//! `fencectl`: the command-line client for fenced.
+//!
+//! Parsing lives in [`Cli`], one async function per command does the work,
+//! and everything printed to stdout goes through `output::Output`, so the
+//! simple and JSON formats are defined in one place.
+//!
+//! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 the
+//! command line was wrong (clap's usage errors, and endpoints that cannot be
+//! parsed).
+
+#[path = "fencectl/output.rs"]
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{CommandFactory as _, Parser, Subcommand, error::ErrorKind};
+use fenced_client::pb::{DeleteRangeRequest, PutRequest, RangeRequest};
+use fenced_client::{Client, ClientConfig};
+
+use crate::output::{Format, Output, StatusRow};
+
+/// Command-line client for fenced.
+#[derive(Debug, Parser)]
+#[command(name = "fencectl", version)]
+struct Cli {
+    /// Client addresses of the members, comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "FENCED_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7379"
+    )]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Simple)]
+    output: Format,
+    /// Time one request may take, retries on other endpoints included, in seconds.
+    #[arg(long, global = true, default_value = "5", value_parser = parse_seconds)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a key.
+    Put {
+        key: String,
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        /// Attach the key to this lease (decimal, or hex with 0x).
+        #[arg(long, value_parser = parse_lease_id)]
+        lease: Option<i64>,
+    },
+    /// Read a key, or every key under a prefix.
+    Get {
+        key: String,
+        /// Treat KEY as a prefix.
+        #[arg(long)]
+        prefix: bool,
+        /// Answer from the member's local state, without a linearizable read.
+        #[arg(long)]
+        serializable: bool,
+        /// Return at most N keys.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+        limit: Option<i64>,
+    },
+    /// Delete a key, or every key under a prefix; prints how many were deleted.
+    Del {
+        key: String,
+        /// Treat KEY as a prefix.
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Show the status of every endpoint, one row each.
+    Status,
+    /// Cluster membership.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCommand {
+    /// List the members of the cluster.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let client = match ClientConfig::new(cli.endpoints.iter().cloned())
+        .request_timeout(cli.timeout)
+        .build()
+    {
+        Ok(client) => client,
+        Err(err) => Cli::command().error(ErrorKind::ValueValidation, err).exit(),
+    };
+    let output = Output::new(cli.output);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&anyhow::Error::new(err).context("starting the runtime")),
+    };
+    match runtime.block_on(run(cli.command, &client, &output)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+/// Prints the error the way every failure is reported, and gives exit code 1.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    eprintln!("Error: {err:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(command: Command, client: &Client, output: &Output) -> anyhow::Result<()> {
+    match command {
+        Command::Put { key, value, lease } => put(client, output, key, value, lease).await,
+        Command::Get {
+            key,
+            prefix,
+            serializable,
+            limit,
+        } => {
+            let request = RangeRequest {
+                key: key.into_bytes(),
+                prefix,
+                serializable,
+                limit: limit.unwrap_or(0),
+                ..RangeRequest::default()
+            };
+            get(client, output, request).await
+        }
+        Command::Del { key, prefix } => del(client, output, key, prefix).await,
+        Command::Status => status(client, output).await,
+        Command::Member {
+            command: MemberCommand::List,
+        } => member_list(client, output).await,
+    }
+}
+
+async fn put(
+    client: &Client,
+    output: &Output,
+    key: String,
+    value: String,
+    lease: Option<i64>,
+) -> anyhow::Result<()> {
+    let request = PutRequest {
+        key: key.into_bytes(),
+        value: value.into_bytes(),
+        lease: lease.unwrap_or(0),
+        ..PutRequest::default()
+    };
+    let response = client.put_with(request).await?;
+    output.put(&response)?;
+    Ok(())
+}
+
+async fn get(client: &Client, output: &Output, request: RangeRequest) -> anyhow::Result<()> {
+    let response = client.range(request).await?;
+    output.key_values(&response.kvs)?;
+    Ok(())
+}
+
+async fn del(client: &Client, output: &Output, key: String, prefix: bool) -> anyhow::Result<()> {
+    let request = DeleteRangeRequest {
+        key: key.into_bytes(),
+        prefix,
+        ..DeleteRangeRequest::default()
+    };
+    let response = client.delete_range(request).await?;
+    output.deleted(&response)?;
+    Ok(())
+}
+
+/// Asks every endpoint at once, each on its own: one unreachable member must
+/// not hide the others, and must not make the answer come from another one.
+async fn status(client: &Client, output: &Output) -> anyhow::Result<()> {
+    let queries = client.endpoints().map(|endpoint| async move {
+        StatusRow {
+            endpoint: endpoint.to_owned(),
+            result: client.status_of(endpoint).await,
+        }
+    });
+    let rows = futures::future::join_all(queries).await;
+    output.status(&rows)?;
+    let failed = rows.iter().filter(|row| row.result.is_err()).count();
+    if failed > 0 {
+        bail!("{failed} of {} endpoints did not answer", rows.len());
+    }
+    Ok(())
+}
+
+async fn member_list(client: &Client, output: &Output) -> anyhow::Result<()> {
+    let response = client.member_list().await?;
+    output.members(&response.members)?;
+    Ok(())
+}
+
+/// Parses a positive number of seconds, fractions allowed (`0.5`).
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("{text:?} must be a positive number of seconds"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
+}
+
+/// Parses a lease id: decimal, or hexadecimal with a `0x` prefix.
+fn parse_lease_id(text: &str) -> anyhow::Result<i64> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => i64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.with_context(|| format!("{text:?} is not a lease id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds_and_lease_ids() {
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("inf").is_err());
+        assert_eq!(parse_lease_id("42").unwrap(), 42);
+        assert_eq!(parse_lease_id("0x2a").unwrap(), 42);
+        assert!(parse_lease_id("x").is_err());
+    }
+}

@@ -1,0 +1,326 @@
+//! Everything fencectl prints on stdout, in both formats.
+//!
+//! `simple` is for people (and mirrors etcdctl where a command has an etcdctl
+//! twin); `json` is one JSON object per line, with field names that scripts
+//! and tests rely on (see the "Interface contract" of the design brief).
+//! Keys and values are printed as UTF-8, with invalid bytes replaced.
+
+use std::io::{self, Write as _};
+
+use fenced_client::Error;
+use fenced_client::pb::{DeleteRangeResponse, KeyValue, Member, PutResponse, StatusResponse};
+use serde::Serialize;
+
+/// The output formats of `-o/--output`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// Human-readable lines and tables.
+    Simple,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One endpoint's answer to `status`, or why there was none.
+#[derive(Debug)]
+pub(crate) struct StatusRow {
+    pub(crate) endpoint: String,
+    pub(crate) result: Result<StatusResponse, Error>,
+}
+
+/// Writes command results to stdout in the chosen format.
+#[derive(Debug)]
+pub(crate) struct Output {
+    format: Format,
+}
+
+impl Output {
+    pub(crate) fn new(format: Format) -> Output {
+        Output { format }
+    }
+
+    /// `put`: `OK`, or the revision the write created.
+    pub(crate) fn put(&self, response: &PutResponse) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines(["OK".to_owned()]),
+            Format::Json => print_json([PutJson {
+                revision: revision(response.header.as_ref()),
+            }]),
+        }
+    }
+
+    /// `get`: each key then its value on the next line (like etcdctl), or one
+    /// object per key.
+    pub(crate) fn key_values(&self, kvs: &[KeyValue]) -> io::Result<()> {
+        match self.format {
+            Format::Simple => {
+                print_lines(kvs.iter().flat_map(|kv| [text(&kv.key), text(&kv.value)]))
+            }
+            Format::Json => print_json(kvs.iter().map(KeyValueJson::from)),
+        }
+    }
+
+    /// `del`: the number of keys deleted.
+    pub(crate) fn deleted(&self, response: &DeleteRangeResponse) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines([response.deleted.to_string()]),
+            Format::Json => print_json([DeletedJson {
+                deleted: response.deleted,
+                revision: revision(response.header.as_ref()),
+            }]),
+        }
+    }
+
+    /// `status`: a table with one row per endpoint, or one object per
+    /// endpoint. An endpoint that did not answer gets a row with its error.
+    pub(crate) fn status(&self, rows: &[StatusRow]) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines(status_table(rows)),
+            Format::Json => print_json(rows.iter().map(StatusJson::from)),
+        }
+    }
+
+    /// `member list`: `id, peer_addr, client_addr, learner` lines, or one
+    /// object per member.
+    pub(crate) fn members(&self, members: &[Member]) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines(members.iter().map(|member| {
+                format!(
+                    "{}, {}, {}, {}",
+                    member.id, member.peer_addr, member.client_addr, member.learner
+                )
+            })),
+            Format::Json => print_json(members.iter().map(MemberJson::from)),
+        }
+    }
+}
+
+/// Whether a command failed only because stdout was closed (`fencectl get
+/// --prefix '' | head`), which is not worth an error message.
+pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<io::Error>()
+        .is_some_and(|err| err.kind() == io::ErrorKind::BrokenPipe)
+}
+
+#[derive(Serialize)]
+struct PutJson {
+    revision: i64,
+}
+
+#[derive(Serialize)]
+struct DeletedJson {
+    deleted: i64,
+    revision: i64,
+}
+
+#[derive(Serialize)]
+struct KeyValueJson {
+    key: String,
+    value: String,
+    create_revision: i64,
+    mod_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
+impl From<&KeyValue> for KeyValueJson {
+    fn from(kv: &KeyValue) -> Self {
+        KeyValueJson {
+            key: text(&kv.key),
+            value: text(&kv.value),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+}
+
+/// A status line. Either the member's fields or `error` are present, so a
+/// script can test for `error` before reading the numbers.
+#[derive(Serialize)]
+struct StatusJson {
+    endpoint: String,
+    #[serde(flatten)]
+    status: Option<MemberStatusJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct MemberStatusJson {
+    id: u64,
+    leader: u64,
+    term: u64,
+    commit_index: u64,
+    applied_index: u64,
+    revision: i64,
+    role: String,
+    version: String,
+}
+
+impl From<&StatusRow> for StatusJson {
+    fn from(row: &StatusRow) -> Self {
+        let (status, error) = match &row.result {
+            Ok(status) => (
+                Some(MemberStatusJson {
+                    id: status.member_id,
+                    leader: status.leader,
+                    term: status.raft_term,
+                    commit_index: status.commit_index,
+                    applied_index: status.applied_index,
+                    revision: status.revision,
+                    role: status.role.clone(),
+                    version: status.version.clone(),
+                }),
+                None,
+            ),
+            Err(err) => (None, Some(err.to_string())),
+        };
+        StatusJson {
+            endpoint: row.endpoint.clone(),
+            status,
+            error,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MemberJson {
+    id: u64,
+    peer_addr: String,
+    client_addr: String,
+    learner: bool,
+}
+
+impl From<&Member> for MemberJson {
+    fn from(member: &Member) -> Self {
+        MemberJson {
+            id: member.id,
+            peer_addr: member.peer_addr.clone(),
+            client_addr: member.client_addr.clone(),
+            learner: member.learner,
+        }
+    }
+}
+
+/// The status table: a header and one row per endpoint, columns padded to
+/// their widest cell. A failed endpoint shows `-` in every column and its
+/// error in the last.
+fn status_table(rows: &[StatusRow]) -> Vec<String> {
+    const HEADER: [&str; 8] = [
+        "ENDPOINT", "ID", "LEADER", "TERM", "COMMIT", "APPLIED", "REVISION", "ROLE",
+    ];
+    let mut cells: Vec<Vec<String>> = vec![HEADER.iter().map(|h| (*h).to_owned()).collect()];
+    for row in rows {
+        cells.push(match &row.result {
+            Ok(status) => vec![
+                row.endpoint.clone(),
+                status.member_id.to_string(),
+                status.leader.to_string(),
+                status.raft_term.to_string(),
+                status.commit_index.to_string(),
+                status.applied_index.to_string(),
+                status.revision.to_string(),
+                status.role.clone(),
+            ],
+            Err(err) => {
+                let mut cells = vec![row.endpoint.clone()];
+                cells.extend(std::iter::repeat_n("-".to_owned(), HEADER.len() - 2));
+                cells.push(format!("error: {err}"));
+                cells
+            }
+        });
+    }
+    // The last column is not padded, so a long error message does not widen
+    // the table.
+    let widths: Vec<usize> = (0..HEADER.len() - 1)
+        .map(|column| cells.iter().map(|row| row[column].len()).max().unwrap_or(0))
+        .collect();
+    cells
+        .iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (column, cell) in row.iter().enumerate() {
+                match widths.get(column) {
+                    Some(width) => line.push_str(&format!("{cell:<width$}  ")),
+                    None => line.push_str(cell),
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+fn revision(header: Option<&fenced_client::pb::ResponseHeader>) -> i64 {
+    header.map_or(0, |header| header.revision)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn print_lines(lines: impl IntoIterator<Item = String>) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    for line in lines {
+        writeln!(stdout, "{line}")?;
+    }
+    stdout.flush()
+}
+
+fn print_json<T: Serialize>(objects: impl IntoIterator<Item = T>) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    for object in objects {
+        serde_json::to_writer(&mut stdout, &object)?;
+        writeln!(stdout)?;
+    }
+    stdout.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_has_the_contract_fields() {
+        let row = StatusRow {
+            endpoint: "127.0.0.1:7379".to_owned(),
+            result: Ok(StatusResponse {
+                member_id: 1,
+                leader: 2,
+                raft_term: 3,
+                commit_index: 4,
+                applied_index: 5,
+                revision: 6,
+                role: "follower".to_owned(),
+                ..StatusResponse::default()
+            }),
+        };
+        let json = serde_json::to_value(StatusJson::from(&row)).unwrap();
+        for (field, value) in [
+            ("id", 1),
+            ("leader", 2),
+            ("term", 3),
+            ("commit_index", 4),
+            ("applied_index", 5),
+            ("revision", 6),
+        ] {
+            assert_eq!(json[field], value, "{field}");
+        }
+        assert_eq!(json["endpoint"], "127.0.0.1:7379");
+        assert!(json.get("error").is_none());
+    }
+
+    #[test]
+    fn failed_endpoints_get_an_error_row() {
+        let row = StatusRow {
+            endpoint: "127.0.0.1:1".to_owned(),
+            result: Err(tonic::Status::unavailable("connection refused").into()),
+        };
+        let json = serde_json::to_value(StatusJson::from(&row)).unwrap();
+        assert_eq!(json["error"], "Unavailable: connection refused");
+        assert!(json.get("leader").is_none());
+        let table = status_table(std::slice::from_ref(&row));
+        assert!(table[1].starts_with("127.0.0.1:1"), "{table:?}");
+        assert!(table[1].ends_with("error: Unavailable: connection refused"));
+    }
+}
