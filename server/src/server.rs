@@ -130,7 +130,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // long-lived and never end by themselves; dropping them is harmless
     // (raft retransmits), so they are not waited for.
     let client_abort = client_server.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), client_server).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), client_server)
+        .await
+        .is_err()
+    {
         client_abort.abort();
     }
     peer_server.abort();
