@@ -72,8 +72,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .add_service(health_service)
     .add_service(reflection);
     let grpc = grpc.routes();
+    let max_request_bytes = config.max_request_bytes;
     let app = grpc
         .into_axum_router()
+        .layer(axum::middleware::map_response(move |resp| {
+            http::oversized_request_is_invalid_argument(max_request_bytes, resp)
+        }))
         .merge(http::router(node.clone(), prometheus));
     let client_server = {
         let mut stop = stop_rx.clone();

@@ -41,6 +41,7 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) {
         // Configuration changes are applied to raft by the driver; empty
         // normal entries are a new leader's no-op.
         if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            shared.proposals.on_applied(entry.index, None);
             continue;
         }
         let envelope = match Envelope::decode(&entry.data) {
@@ -53,6 +54,7 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) {
                 std::process::exit(70);
             }
         };
+        shared.proposals.on_applied(entry.index, Some(&envelope));
         let (response, _events) = state.apply(&envelope.command);
         metrics::counter!("fenced_applied_commands_total").increment(1);
         if shared.proposals.is_mine(&envelope) {

@@ -114,6 +114,7 @@ impl Driver {
     fn handle(&mut self, msg: DriverMsg) -> bool {
         match msg {
             DriverMsg::Propose { data, seq } => {
+                let is_leader = self.raw.raft.state == StateRole::Leader;
                 if let Err(err) = self.raw.propose(vec![], data) {
                     let why = match self.raw.raft.leader_id {
                         raft::INVALID_ID => "no leader is known".to_string(),
@@ -125,6 +126,9 @@ impl Driver {
                             "proposal dropped: {why}; retry"
                         ))),
                     );
+                } else if is_leader {
+                    let index = self.raw.raft.raft_log.last_index();
+                    self.shared.proposals.expect_at(index, seq);
                 }
             }
             DriverMsg::Step(msg) => {

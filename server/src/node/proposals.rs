@@ -62,6 +62,11 @@ pub struct Proposals {
     nonce: u64,
     next_seq: AtomicU64,
     waiters: DashMap<u64, Waiter>,
+    /// Raft index → seq of proposals this member appended as leader. When a
+    /// different entry commits at that index, the proposal was overwritten
+    /// after a leader change and will never commit: its waiter is answered
+    /// ABORTED at once instead of waiting for its deadline.
+    expected: DashMap<u64, u64>,
 }
 
 impl Proposals {
@@ -72,6 +77,7 @@ impl Proposals {
             nonce: rand::random(),
             next_seq: AtomicU64::new(1),
             waiters: DashMap::new(),
+            expected: DashMap::new(),
         }
     }
 
@@ -103,6 +109,34 @@ impl Proposals {
         if let Some((_, tx)) = self.waiters.remove(&seq) {
             // The client may have given up already; nothing to do then.
             let _ = tx.send(result);
+        }
+    }
+
+    /// Records that this member, as leader, appended proposal `seq` at `index`.
+    pub fn expect_at(&self, index: u64, seq: u64) {
+        self.expected.insert(index, seq);
+    }
+
+    /// Called for every applied entry. When this member had appended
+    /// another proposal of its own at `index`, that proposal lost its place
+    /// in the log and is answered ABORTED. `applied` is the (origin, nonce,
+    /// seq) of the entry that did commit, if it is a command.
+    pub fn on_applied(&self, index: u64, applied: Option<&Envelope>) {
+        if self.expected.is_empty() {
+            return;
+        }
+        let Some((_, seq)) = self.expected.remove(&index) else {
+            return;
+        };
+        let same = applied.is_some_and(|e| self.is_mine(e) && e.seq == seq);
+        if !same {
+            self.complete(
+                seq,
+                Err(NodeError::Aborted(
+                    "the leader changed before this write committed; it was not applied, retry"
+                        .into(),
+                )),
+            );
         }
     }
 
@@ -154,6 +188,31 @@ mod tests {
         assert_eq!(env.command, put());
         assert!(a.is_mine(&env));
         assert!(!b.is_mine(&env), "a restarted member has a new nonce");
+    }
+
+    #[test]
+    fn an_overwritten_proposal_is_aborted_and_a_committed_one_is_not() {
+        let p = Proposals::new(1);
+        let (data, seq, mut rx) = p.register(put());
+        p.expect_at(5, seq);
+        let other = Envelope {
+            origin: 2,
+            nonce: 9,
+            seq: 1,
+            command: put(),
+        };
+        p.on_applied(5, Some(&other));
+        assert!(matches!(rx.try_recv(), Ok(Err(NodeError::Aborted(_)))));
+
+        let (data2, seq2, mut rx2) = p.register(put());
+        p.expect_at(6, seq2);
+        p.on_applied(6, Some(&Envelope::decode(&data2).unwrap()));
+        assert!(
+            rx2.try_recv().is_err(),
+            "its own entry committed: left for the apply loop to answer"
+        );
+        assert!(p.expected.is_empty());
+        let _ = data;
     }
 
     #[test]
