@@ -305,3 +305,208 @@ pub fn txn_response(header: pb::ResponseHeader, r: state::TxnResult) -> pb::TxnR
         responses,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: Limits = Limits {
+        max_key_bytes: 16,
+        max_value_bytes: 32,
+        max_txn_ops: 4,
+    };
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..40)
+    }
+
+    fn range_req() -> impl Strategy<Value = pb::RangeRequest> {
+        (
+            bytes(),
+            any::<bool>(),
+            any::<i64>(),
+            any::<i64>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(key, prefix, limit, revision, count_only, keys_only)| {
+                pb::RangeRequest {
+                    key,
+                    prefix,
+                    limit,
+                    revision,
+                    serializable: false,
+                    count_only,
+                    keys_only,
+                }
+            })
+    }
+
+    fn put_req() -> impl Strategy<Value = pb::PutRequest> {
+        (bytes(), bytes(), any::<i64>(), any::<bool>()).prop_map(|(key, value, lease, prev_kv)| {
+            pb::PutRequest {
+                key,
+                value,
+                lease,
+                prev_kv,
+            }
+        })
+    }
+
+    fn delete_req() -> impl Strategy<Value = pb::DeleteRangeRequest> {
+        (bytes(), any::<bool>(), any::<bool>()).prop_map(|(key, prefix, prev_kv)| {
+            pb::DeleteRangeRequest {
+                key,
+                prefix,
+                prev_kv,
+            }
+        })
+    }
+
+    fn op() -> impl Strategy<Value = pb::RequestOp> {
+        use pb::request_op::Request;
+        prop_oneof![
+            Just(None),
+            range_req().prop_map(|r| Some(Request::RequestRange(r))),
+            put_req().prop_map(|r| Some(Request::RequestPut(r))),
+            delete_req().prop_map(|r| Some(Request::RequestDeleteRange(r))),
+        ]
+        .prop_map(|request| pb::RequestOp { request })
+    }
+
+    fn compare() -> impl Strategy<Value = pb::Compare> {
+        use pb::compare::TargetUnion;
+        let union = prop_oneof![
+            Just(None),
+            any::<i64>().prop_map(|v| Some(TargetUnion::Version(v))),
+            any::<i64>().prop_map(|v| Some(TargetUnion::CreateRevision(v))),
+            any::<i64>().prop_map(|v| Some(TargetUnion::ModRevision(v))),
+            bytes().prop_map(|v| Some(TargetUnion::Value(v))),
+            any::<i64>().prop_map(|v| Some(TargetUnion::Lease(v))),
+        ];
+        (-2i32..8, -2i32..8, bytes(), union).prop_map(|(result, target, key, target_union)| {
+            pb::Compare {
+                result,
+                target,
+                key,
+                target_union,
+            }
+        })
+    }
+
+    fn txn_req() -> impl Strategy<Value = pb::TxnRequest> {
+        (
+            prop::collection::vec(compare(), 0..6),
+            prop::collection::vec(op(), 0..6),
+            prop::collection::vec(op(), 0..6),
+        )
+            .prop_map(|(compare, success, failure)| pb::TxnRequest {
+                compare,
+                success,
+                failure,
+            })
+    }
+
+    proptest! {
+        /// Whatever a client sends, validation answers Ok or INVALID_ARGUMENT
+        /// (never panics), and what it accepts respects every limit.
+        #[test]
+        fn validation_never_panics_and_enforces_limits(
+            put in put_req(),
+            del in delete_req(),
+            range_req in range_req(),
+            txn_req in txn_req(),
+        ) {
+            let checks = [
+                put_ok(put),
+                delete(del, &LIMITS).map(|d| assert!(d.key.len() <= LIMITS.max_key_bytes)),
+                range(&range_req, &LIMITS).map(|r| assert!(r.limit >= 0)),
+                txn(txn_req, &LIMITS).map(|t| {
+                    assert!(t.compare.len() <= LIMITS.max_txn_ops);
+                    assert!(t.success.len() <= LIMITS.max_txn_ops);
+                    for op in t.success.iter().chain(&t.failure) {
+                        if let state::TxnOp::Put(p) = op {
+                            assert!(!p.key.is_empty() && p.key.len() <= LIMITS.max_key_bytes);
+                        }
+                    }
+                }),
+            ];
+            for check in checks {
+                if let Err(status) = check {
+                    prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                    prop_assert!(!status.message().is_empty());
+                }
+            }
+        }
+    }
+
+    fn put_ok(req: pb::PutRequest) -> Result<(), Status> {
+        let p = put(req, &LIMITS)?;
+        assert!(!p.key.is_empty() && p.key.len() <= LIMITS.max_key_bytes);
+        assert!(p.value.len() <= LIMITS.max_value_bytes);
+        assert!(p.lease >= 0);
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_limit() {
+        let err = put(
+            pb::PutRequest {
+                key: vec![b'k'; 17],
+                ..Default::default()
+            },
+            &LIMITS,
+        )
+        .unwrap_err();
+        assert!(err.message().contains("16"), "{}", err.message());
+        let err = put(
+            pb::PutRequest {
+                key: b"k".to_vec(),
+                value: vec![0; 33],
+                ..Default::default()
+            },
+            &LIMITS,
+        )
+        .unwrap_err();
+        assert!(err.message().contains("32"), "{}", err.message());
+        let too_many = pb::TxnRequest {
+            success: vec![pb::RequestOp::default(); 5],
+            ..Default::default()
+        };
+        assert!(txn(too_many, &LIMITS).unwrap_err().message().contains('4'));
+    }
+
+    #[test]
+    fn a_txn_may_not_write_a_key_twice_or_put_and_delete_it() {
+        use pb::request_op::Request;
+        let put_k = || pb::RequestOp {
+            request: Some(Request::RequestPut(pb::PutRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let twice = pb::TxnRequest {
+            success: vec![put_k(), put_k()],
+            ..Default::default()
+        };
+        assert!(txn(twice, &LIMITS).unwrap_err().message().contains("twice"));
+        let del_prefix = pb::RequestOp {
+            request: Some(Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: vec![],
+                prefix: true,
+                prev_kv: false,
+            })),
+        };
+        let both = pb::TxnRequest {
+            failure: vec![put_k(), del_prefix],
+            ..Default::default()
+        };
+        assert!(
+            txn(both, &LIMITS)
+                .unwrap_err()
+                .message()
+                .contains("both put and deleted")
+        );
+    }
+}
