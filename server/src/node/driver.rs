@@ -150,10 +150,14 @@ impl Driver {
             self.send(msgs);
         }
         if !ready.snapshot().is_empty() {
-            // Snapshot install arrives with the snapshots issue; the log is
-            // never compacted yet, so no leader sends one.
-            let snapshot = ready.snapshot().clone();
-            self.raw.mut_store().apply_snapshot(snapshot)?;
+            // The log is never compacted yet, so no leader sends a snapshot.
+            // Installing one into storage without restoring the state
+            // machine would diverge silently; stopping is the safe answer.
+            let index = ready.snapshot().get_metadata().index;
+            return Err(StorageError::InvalidSnapshot(format!(
+                "received a snapshot at index {index}, but snapshot install is not supported by \
+                 this version"
+            )));
         }
         let hard_state = ready.hs().cloned();
         if !ready.entries().is_empty() || hard_state.is_some() {
