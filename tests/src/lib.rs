@@ -29,6 +29,11 @@
 //! - `ports`: loopback ports that stay free until a member binds them.
 //! - `wait`: [`wait_for`] and [`wait_until`], polling with a deadline; the
 //!   harness never sleeps for a fixed time.
+//! - `converge`: waiting until members have caught up with the leader
+//!   ([`Cluster::wait_converged`]) and reading all a member holds
+//!   ([`Cluster::contents`]), to compare members after a fault.
+//! - `history`: [`History`], the writes a cluster acknowledged, to check
+//!   every member against.
 //!
 //! A [`Cluster`] prints the last lines of every member's log when it is
 //! dropped; the test runner shows that output for failing tests only. Set
@@ -36,6 +41,8 @@
 
 mod binaries;
 mod cluster;
+mod converge;
+mod history;
 mod member;
 mod ports;
 mod proxy;
@@ -43,5 +50,7 @@ mod wait;
 
 pub use binaries::{fencectl_bin, fenced_bin};
 pub use cluster::{Cluster, ClusterConfig};
+pub use converge::Contents;
+pub use history::History;
 pub use proxy::PeerNetwork;
 pub use wait::{POLL_INTERVAL, wait_for, wait_until};
