@@ -74,7 +74,7 @@ lines.append("- `put-N`: N concurrent clients each writing a random key out of 1
 lines.append("  closed loop, over min(N, 16) gRPC connections spread across all three members' endpoints.")
 lines.append("  fenced's client sends to one member and moves on failure (a follower forwards to the leader);")
 lines.append("  etcd-client balances across the endpoints.")
-notes = os.environ.get("BENCH_NOTES")
+notes = os.environ.get("BENCH_NOTES", os.path.join(os.path.dirname(__file__), "notes.md"))
 if notes and os.path.exists(notes):
     lines.append("\n## Notes\n")
     lines.append(open(notes).read().strip())
