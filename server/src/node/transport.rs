@@ -23,8 +23,13 @@ use crate::node::DriverMsg;
 const PEER_QUEUE: usize = 16 * 1024;
 /// Most messages in one batch on the wire.
 const MAX_BATCH: usize = 1024;
-/// Longest wait for a stalled stream to take a batch before reconnecting.
+/// Longest a batch may wait for the stream to take it before the stream is
+/// considered dead and replaced.
 const SEND_STALL: Duration = Duration::from_secs(2);
+/// How often a stream is checked for progress.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
+/// A stream that lived at least this long resets the reconnect backoff.
+const HEALTHY_STREAM: Duration = Duration::from_secs(1);
 
 /// Outgoing side of the peer transport, owned by the driver.
 #[derive(Debug)]
@@ -80,6 +85,7 @@ async fn peer_loop(ctx: TransportContext, id: u64, addr: String, mut rx: mpsc::R
         match connect(&url).await {
             Ok(channel) => {
                 tracing::debug!(peer = id, %addr, "connected to peer");
+                let connected_at = tokio::time::Instant::now();
                 let outcome = stream_batches(&ctx, channel, &mut rx).await;
                 match outcome {
                     StreamEnd::QueueClosed => return,
@@ -87,7 +93,11 @@ async fn peer_loop(ctx: TransportContext, id: u64, addr: String, mut rx: mpsc::R
                         tracing::debug!(peer = id, %addr, %why, "peer stream ended");
                     }
                 }
-                backoff = Duration::from_millis(20);
+                // A stream that dies right after connecting (a peer that is
+                // down behind a proxy, say) keeps backing off.
+                if connected_at.elapsed() >= HEALTHY_STREAM {
+                    backoff = Duration::from_millis(20);
+                }
             }
             Err(err) => tracing::debug!(peer = id, %addr, cause = %err, "cannot connect to peer"),
         }
@@ -124,11 +134,28 @@ async fn stream_batches(
     let mut client = PeerClient::new(channel)
         .max_encoding_message_size(usize::MAX)
         .max_decoding_message_size(usize::MAX);
-    let (batches_tx, batches_rx) = mpsc::channel::<RaftBatch>(32);
+    // One slot: a batch that sits in it is one the stream has not taken.
+    // The watchdog replaces a stream that takes nothing for SEND_STALL, so a
+    // call that silently stopped (its connection gone without an error
+    // reaching us) cannot hold the link down; quiet links (one election
+    // message a second) would never fill a bigger buffer.
+    let (batches_tx, batches_rx) = mpsc::channel::<RaftBatch>(1);
     let mut call = tokio::spawn(async move { client.raft(ReceiverStream::new(batches_rx)).await });
+    let mut watchdog = tokio::time::interval(WATCHDOG_PERIOD);
+    let mut waiting_since: Option<tokio::time::Instant> = None;
     let end = loop {
         let first = tokio::select! {
             msg = rx.recv() => msg,
+            _ = watchdog.tick() => {
+                if batches_tx.capacity() > 0 {
+                    waiting_since = None;
+                } else if waiting_since.get_or_insert_with(tokio::time::Instant::now).elapsed()
+                    >= SEND_STALL
+                {
+                    break StreamEnd::Failed("the stream took no batch for 2 s".into());
+                }
+                continue;
+            }
             result = &mut call => {
                 break StreamEnd::Failed(match result {
                     Ok(Ok(_)) => "peer closed the stream".to_string(),
