@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, default_value_t = 5000)]
     pub request_timeout_ms: u64,
 
+    /// Longest lease TTL a client may ask for, in seconds. The shortest is
+    /// derived: 1.5 x the election timeout, rounded up to whole seconds, so a
+    /// lease always outlives a leader election.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub max_lease_ttl: i64,
+
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     #[arg(long, default_value = "info,fjall=warn,lsm_tree=warn")]
     pub log: String,
@@ -104,6 +110,13 @@ impl Config {
             return Err(ConfigError(format!(
                 "--listen and --peer-listen must differ (both are {})",
                 self.listen
+            )));
+        }
+        if self.max_lease_ttl < self.min_lease_ttl() {
+            return Err(ConfigError(format!(
+                "--max-lease-ttl ({}s) must be at least the minimum lease TTL ({}s, 1.5 x the election timeout)",
+                self.max_lease_ttl,
+                self.min_lease_ttl()
             )));
         }
         if self.join.is_some() {
@@ -139,6 +152,13 @@ impl Config {
     /// Election timeout (the lower bound raft-rs randomizes from).
     pub fn election_timeout(&self) -> Duration {
         self.tick_interval() * self.election_ticks as u32
+    }
+
+    /// Shortest lease TTL a client may ask for: 1.5 x the election timeout,
+    /// in whole seconds, rounded up.
+    pub fn min_lease_ttl(&self) -> i64 {
+        let ms = self.election_timeout().as_millis().saturating_mul(3) / 2;
+        i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX).max(1)
     }
 
     /// Default request deadline.

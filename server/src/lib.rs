@@ -11,6 +11,8 @@
 //! - [`config`]: flags and their validation.
 //! - [`node`]: everything that knows about Raft.
 //! - [`state`]: the deterministic state machine (no IO, no clock).
+//! - [`lessor`]: the leader's clock for leases and lock-delays; proposes
+//!   expiries through the log.
 //! - [`api`]: one tonic service per file; validation and conversion at the edge.
 //! - [`http`]: `/metrics` and `/health` beside gRPC on the client address.
 //! - [`server`]: wires it all together and runs until SIGTERM.
@@ -18,6 +20,7 @@
 pub mod api;
 pub mod config;
 pub mod http;
+pub mod lessor;
 pub mod node;
 pub mod server;
 pub mod state;

@@ -6,14 +6,19 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use fenced_proto::pb::{
-    cluster_server::ClusterServer, kv_server::KvServer, peer_server::PeerServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    lock_server::LockServer, peer_server::PeerServer,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{Limits, cluster::ClusterService, kv::KvService, peer::PeerService};
+use crate::api::lease::{LeaseService, TtlBounds};
+use crate::api::{
+    Limits, cluster::ClusterService, kv::KvService, lock::LockService, peer::PeerService,
+};
 use crate::config::Config;
+use crate::lessor::Lessor;
 use crate::{http, node};
 
 /// Most operations per transaction branch (like etcd's `--max-txn-ops`).
@@ -46,6 +51,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "fenced member started"
     );
 
+    let lessor = Lessor::new(node.clone());
+    let lessor_task = tokio::spawn(lessor.clone().run());
+    let ttl_bounds = TtlBounds {
+        min: config.min_lease_ttl(),
+        max: config.max_lease_ttl,
+    };
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = Limits {
         max_key_bytes: config.max_key_bytes,
@@ -64,6 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         KvServer::new(KvService::new(node.clone(), limits))
             .max_decoding_message_size(config.max_request_bytes),
     )
+    .add_service(LeaseServer::new(LeaseService::new(
+        node.clone(),
+        lessor.clone(),
+        ttl_bounds,
+    )))
+    .add_service(LockServer::new(LockService::new(node.clone())))
     .add_service(ClusterServer::new(ClusterService::new(
         node.clone(),
         started.peers.clone(),
@@ -95,7 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let peer_server = {
         let mut stop = stop_rx.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
-        let service = PeerServer::new(PeerService::new(node.clone()))
+        let service = PeerServer::new(PeerService::new(node.clone(), lessor.clone()))
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         tokio::spawn(
@@ -124,6 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
     };
     let _ = stop_tx.send(true);
+    lessor_task.abort();
     node.shutdown();
     if let Some(err) = failure {
         // Fail-stop: do not serve anything after a storage failure.

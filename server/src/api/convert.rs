@@ -52,9 +52,51 @@ fn check_range_key(key: &[u8], prefix: bool, limits: &Limits, what: &str) -> Res
     }
 }
 
+/// Longest lock or election name, bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Checks a lock (or election) name: 1 to [`MAX_NAME_BYTES`] bytes of
+/// `A-Z a-z 0-9 . _ - : /`. The set keeps names readable in keys and logs,
+/// and leaves `@` free to separate the name from the lease in a lock key.
+pub fn check_name(name: &str, what: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{what}: name must not be empty"
+        )));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{what}: name is {} bytes, the limit is {MAX_NAME_BYTES} bytes",
+            name.len()
+        )));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/')))
+    {
+        return Err(Status::invalid_argument(format!(
+            "{what}: name {name:?} contains {bad:?}; names use only A-Z a-z 0-9 . _ - : /"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses client writes under the reserved prefix.
+fn check_writable(key: &[u8], what: &str) -> Result<(), Status> {
+    if state::is_reserved(key) {
+        return Err(Status::invalid_argument(format!(
+            "{what}: key {:?} is under the reserved prefix \"__fenced/\" (lock and election queues); \
+             it can be read and watched but only changed through the Lock and Election services",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(())
+}
+
 /// Validates and converts a put.
 pub fn put(req: pb::PutRequest, limits: &Limits) -> Result<state::PutRequest, Status> {
     check_key(&req.key, limits, "put")?;
+    check_writable(&req.key, "put")?;
     if req.value.len() > limits.max_value_bytes {
         return Err(Status::invalid_argument(format!(
             "put: value is {} bytes, the limit is {} bytes",
@@ -146,6 +188,9 @@ pub fn txn(req: pb::TxnRequest, limits: &Limits) -> Result<state::TxnRequest, St
 fn compare(c: pb::Compare, limits: &Limits) -> Result<state::Compare, Status> {
     use pb::compare::{CompareResult, CompareTarget, TargetUnion};
     check_key(&c.key, limits, "compare")?;
+    if c.target == CompareTarget::LockToken as i32 {
+        return lock_compare(c);
+    }
     let op = match CompareResult::try_from(c.result) {
         Ok(CompareResult::Equal) => state::CompareOp::Equal,
         Ok(CompareResult::Greater) => state::CompareOp::Greater,
@@ -180,7 +225,7 @@ fn compare(c: pb::Compare, limits: &Limits) -> Result<state::Compare, Status> {
         (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => state::CompareTarget::Lease(v),
         (CompareTarget::TargetUnspecified, _) => {
             return Err(Status::invalid_argument(format!(
-                "unknown compare target {} (expected VERSION, CREATE, MOD, VALUE or LEASE)",
+                "unknown compare target {} (expected VERSION, CREATE, MOD, VALUE, LEASE or LOCK_TOKEN)",
                 c.target
             )));
         }
@@ -195,6 +240,33 @@ fn compare(c: pb::Compare, limits: &Limits) -> Result<state::Compare, Status> {
         key: c.key,
         op,
         target,
+    })
+}
+
+/// A "token is still the current holder of lock `key`" compare.
+fn lock_compare(c: pb::Compare) -> Result<state::Compare, Status> {
+    use pb::compare::{CompareResult, TargetUnion};
+    let name = std::str::from_utf8(&c.key)
+        .map_err(|_| Status::invalid_argument("compare LOCK_TOKEN: the key must be a lock name"))?;
+    check_name(name, "compare LOCK_TOKEN")?;
+    let op = match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => state::CompareOp::Equal,
+        Ok(CompareResult::NotEqual) => state::CompareOp::NotEqual,
+        _ => {
+            return Err(Status::invalid_argument(
+                "compare LOCK_TOKEN accepts only EQUAL (token is current) or NOT_EQUAL (it is not)",
+            ));
+        }
+    };
+    let Some(TargetUnion::LockToken(token)) = c.target_union else {
+        return Err(Status::invalid_argument(
+            "compare target LOCK_TOKEN needs the lock_token field set",
+        ));
+    };
+    Ok(state::Compare {
+        key: c.key,
+        op,
+        target: state::CompareTarget::LockToken(token),
     })
 }
 
@@ -384,6 +456,7 @@ mod tests {
             any::<i64>().prop_map(|v| Some(TargetUnion::ModRevision(v))),
             bytes().prop_map(|v| Some(TargetUnion::Value(v))),
             any::<i64>().prop_map(|v| Some(TargetUnion::Lease(v))),
+            any::<i64>().prop_map(|v| Some(TargetUnion::LockToken(v))),
         ];
         (-2i32..8, -2i32..8, bytes(), union).prop_map(|(result, target, key, target_union)| {
             pb::Compare {

@@ -7,6 +7,8 @@
 pub mod cluster;
 pub mod convert;
 pub mod kv;
+pub mod lease;
+pub mod lock;
 pub mod peer;
 
 use std::time::Duration;
@@ -41,8 +43,18 @@ impl From<NodeError> for Status {
 
 impl From<ApplyError> for Status {
     fn from(err: ApplyError) -> Self {
+        let message = err.to_string();
         match err {
-            ApplyError::LeaseNotFound(_) => Status::not_found(err.to_string()),
+            ApplyError::LeaseNotFound(_) => Status::not_found(message),
+            ApplyError::LeaseExists(_) => Status::already_exists(message),
+            ApplyError::LeaseIdsExhausted => Status::resource_exhausted(message),
+            ApplyError::LeaseIdUsed { .. }
+            | ApplyError::InvalidTtl(_)
+            | ApplyError::ReservedKey(_)
+            | ApplyError::LockConflict(_)
+            | ApplyError::AmbiguousToken { .. } => Status::invalid_argument(message),
+            ApplyError::LockBusy { .. } => Status::deadline_exceeded(message),
+            ApplyError::StaleToken { .. } => Status::failed_precondition(message),
         }
     }
 }

@@ -3,18 +3,38 @@
 use fenced_proto::pb::{self, peer_server::Peer};
 use tonic::{Request, Response, Status, Streaming};
 
+use tokio::time::Instant;
+
+use crate::lessor::Lessor;
 use crate::node::{Node, transport};
 
-/// Receives other members' raft traffic.
+/// Receives other members' raft traffic and forwarded lease questions.
 #[derive(Clone, Debug)]
 pub struct PeerService {
     node: Node,
+    lessor: Lessor,
 }
 
 impl PeerService {
-    /// A service feeding `node`.
-    pub fn new(node: Node) -> Self {
-        Self { node }
+    /// A service feeding `node` and answering for its `lessor`.
+    pub fn new(node: Node, lessor: Lessor) -> Self {
+        Self { node, lessor }
+    }
+
+    fn check_cluster(&self, from: u64, cluster_id: u64) -> Result<(), Status> {
+        if cluster_id == self.node.cluster_id() {
+            return Ok(());
+        }
+        tracing::warn!(
+            from,
+            their_cluster = cluster_id,
+            "refused peer traffic from another cluster"
+        );
+        Err(Status::failed_precondition(format!(
+            "cluster id mismatch: this member is in cluster {:016x}, the sender in {:016x}",
+            self.node.cluster_id(),
+            cluster_id
+        )))
     }
 }
 
@@ -26,18 +46,7 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::RaftAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
-            if batch.cluster_id != self.node.cluster_id() {
-                tracing::warn!(
-                    from = batch.from,
-                    their_cluster = batch.cluster_id,
-                    "refused raft traffic from another cluster"
-                );
-                return Err(Status::failed_precondition(format!(
-                    "cluster id mismatch: this member is in cluster {:016x}, the sender in {:016x}",
-                    self.node.cluster_id(),
-                    batch.cluster_id
-                )));
-            }
+            self.check_cluster(batch.from, batch.cluster_id)?;
             for bytes in &batch.messages {
                 let msg = transport::decode(bytes).map_err(|e| {
                     Status::invalid_argument(format!("undecodable raft message: {e}"))
@@ -60,5 +69,31 @@ impl Peer for PeerService {
             member_id: self.node.id(),
             cluster_id: self.node.cluster_id(),
         }))
+    }
+
+    async fn lease(
+        &self,
+        request: Request<pb::LeaseForwardRequest>,
+    ) -> Result<Response<pb::LeaseForwardResponse>, Status> {
+        let received = Instant::now();
+        let req = request.into_inner();
+        self.check_cluster(req.from, req.cluster_id)?;
+        // Answered only here, never forwarded again: a member that is not
+        // the leader any more says UNAVAILABLE and the sender asks again.
+        let deadline = received + self.node.status().election_timeout();
+        let statuses = self
+            .lessor
+            .local(&req.ids, req.refresh, received, deadline)
+            .await
+            .into_iter()
+            .map(|a| pb::LeaseForwardStatus {
+                id: a.id,
+                code: a.code.grpc(),
+                granted_ttl: a.granted_ttl,
+                remaining_ms: i64::try_from(a.remaining.as_millis()).unwrap_or(i64::MAX),
+                message: a.message,
+            })
+            .collect();
+        Ok(Response::new(pb::LeaseForwardResponse { statuses }))
     }
 }

@@ -8,6 +8,7 @@ use raft::eraftpb::{Entry, EntryType};
 
 use crate::node::Shared;
 use crate::node::proposals::{Applied, Envelope};
+use crate::state::LockChange;
 
 /// Work for the apply loop.
 #[derive(Debug)]
@@ -26,13 +27,19 @@ pub fn run(shared: Arc<Shared>, tasks: mpsc::Receiver<ApplyTask>) {
         let Some(last) = entries.last().map(|e| e.index) else {
             continue;
         };
-        apply_batch(&shared, &entries);
+        let changes = apply_batch(&shared, &entries);
         shared.applied.send_replace(last);
+        for change in &changes {
+            shared.lock_waits.notify(change);
+        }
         metrics::gauge!("fenced_applied_index").set(last as f64);
     }
 }
 
-fn apply_batch(shared: &Shared, entries: &[Entry]) {
+/// Applies `entries`; returns the lock changes, to be announced once the
+/// state lock is released and the applied index published.
+fn apply_batch(shared: &Shared, entries: &[Entry]) -> Vec<LockChange> {
+    let mut changes = Vec::new();
     let mut state = shared
         .state
         .write()
@@ -55,7 +62,9 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) {
             }
         };
         shared.proposals.on_applied(entry.index, Some(&envelope));
-        let (response, _events) = state.apply(&envelope.command);
+        let output = state.execute(&envelope.command);
+        changes.extend(output.locks);
+        let response = output.response;
         metrics::counter!("fenced_applied_commands_total").increment(1);
         if shared.proposals.is_mine(&envelope) {
             let applied = Applied {
@@ -66,4 +75,5 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) {
             shared.proposals.complete(envelope.seq, Ok(applied));
         }
     }
+    changes
 }

@@ -99,6 +99,8 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         state: RwLock::new(StateMachine::new()),
         applied: watch::Sender::new(0),
         status: RaftStatus::new(config.election_timeout()),
+        lock_waits: Default::default(),
+        peers: RwLock::new(members.clone()),
     });
     let (inbox_tx, inbox_rx) = mpsc::channel::<DriverMsg>();
     let (apply_tx, apply_rx) = mpsc::channel();

@@ -17,6 +17,7 @@ pub mod read_index;
 pub mod status;
 pub mod storage;
 pub mod transport;
+pub mod waits;
 
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -84,6 +85,10 @@ pub struct Shared {
     pub applied: watch::Sender<u64>,
     /// The driver's published view of raft (leader, term, indexes).
     pub status: RaftStatus,
+    /// Acquirers waiting for their lock place to be granted or to end.
+    pub lock_waits: waits::LockWaits,
+    /// Peer addresses (id → host:port), this member included.
+    pub peers: std::sync::RwLock<std::collections::BTreeMap<u64, String>>,
 }
 
 /// The handle to a running member's replicated core. Cheap to clone.
@@ -119,6 +124,21 @@ impl Node {
     pub fn deadline(&self, timeout: Option<Duration>) -> Instant {
         let timeout = timeout.map_or(self.default_timeout, |t| t.min(self.default_timeout * 6));
         Instant::now() + timeout
+    }
+
+    /// Acquirers waiting on lock places.
+    pub fn lock_waits(&self) -> &waits::LockWaits {
+        &self.shared.lock_waits
+    }
+
+    /// The peer address of member `id`.
+    pub fn peer_addr(&self, id: u64) -> Option<String> {
+        self.shared
+            .peers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     /// Reads the applied state. Never hold the guard across an await.

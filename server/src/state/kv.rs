@@ -76,6 +76,17 @@ impl KvStore {
     /// it the new one. The same key written twice is applied in order.
     pub fn txn(&mut self, req: &TxnRequest, events: &mut Vec<Event>) -> TxnResult {
         let succeeded = req.compare.iter().all(|compare| self.holds(compare));
+        self.txn_branch(req, succeeded, events)
+    }
+
+    /// Runs the branch of `req` that `succeeded` selects (the compares were
+    /// evaluated by the caller, which also knows about locks).
+    pub(super) fn txn_branch(
+        &mut self,
+        req: &TxnRequest,
+        succeeded: bool,
+        events: &mut Vec<Event>,
+    ) -> TxnResult {
         let ops = if succeeded {
             &req.success
         } else {
@@ -128,6 +139,12 @@ impl KvStore {
     /// versions report different digests for the same state.
     pub fn digest(&self) -> u64 {
         let mut hash = Fnv1a64::new();
+        self.digest_into(&mut hash);
+        hash.finish()
+    }
+
+    /// Feeds the encoding described at [`KvStore::digest`] into `hash`.
+    pub(super) fn digest_into(&self, hash: &mut Fnv1a64) {
         hash.write_i64(self.revision);
         hash.write_len(self.kvs.len());
         for kv in self.kvs.values() {
@@ -138,18 +155,45 @@ impl KvStore {
             hash.write_bytes(&kv.value);
             hash.write_i64(kv.lease);
         }
-        hash.finish()
+    }
+
+    /// The live pair stored under `key`.
+    pub(super) fn get(&self, key: &[u8]) -> Option<&KeyValue> {
+        self.kvs.get(key)
+    }
+
+    /// Makes `revision` current, after writes made with `put_at` and
+    /// `remove_at` at that revision.
+    pub(super) fn advance_to(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
+    }
+
+    /// Deletes exactly `key` (reserved or not) at `revision` with its event,
+    /// returning the removed pair. Does not touch `self.revision`.
+    pub(super) fn remove_at(
+        &mut self,
+        key: &[u8],
+        revision: i64,
+        events: &mut Vec<Event>,
+    ) -> Option<KeyValue> {
+        let prev = self.kvs.remove(key)?;
+        events.push(Event {
+            kind: EventKind::Delete,
+            kv: tombstone(prev.key.clone(), revision),
+            prev_kv: Some(prev.clone()),
+        });
+        Some(prev)
     }
 
     /// The revision the next change will get. Saturating: 2^63 commands will
     /// not happen, and a panic in apply would be worse than a stuck counter.
-    fn next_revision(&self) -> i64 {
+    pub(super) fn next_revision(&self) -> i64 {
         self.revision.saturating_add(1)
     }
 
     /// Writes one key with `revision` as its mod revision, emits the event
     /// and returns the previous pair. Does not touch `self.revision`.
-    fn put_at(
+    pub(super) fn put_at(
         &mut self,
         req: &PutRequest,
         revision: i64,
@@ -178,7 +222,9 @@ impl KvStore {
     }
 
     /// Removes the matching keys, emits one event per key in key order and
-    /// returns the removed pairs. Does not touch `self.revision`.
+    /// returns the removed pairs. Does not touch `self.revision`. Reserved
+    /// keys (locks, elections) are never removed by a client's delete, even a
+    /// prefix delete that covers them: only their own commands change them.
     fn delete_at(
         &mut self,
         req: &DeleteRequest,
@@ -186,6 +232,7 @@ impl KvStore {
         events: &mut Vec<Event>,
     ) -> Vec<KeyValue> {
         let keys: Vec<Vec<u8>> = matching(&self.kvs, &req.key, req.prefix)
+            .filter(|(key, _)| !super::is_reserved(key))
             .map(|(key, _)| key.clone())
             .collect();
         let mut deleted = Vec::with_capacity(keys.len());
@@ -193,17 +240,9 @@ impl KvStore {
             let Some(prev) = self.kvs.remove(&key) else {
                 continue;
             };
-            let tombstone = KeyValue {
-                key,
-                create_revision: 0,
-                mod_revision: revision,
-                version: 0,
-                value: Vec::new(),
-                lease: 0,
-            };
             events.push(Event {
                 kind: EventKind::Delete,
-                kv: tombstone,
+                kv: tombstone(key, revision),
                 prev_kv: Some(prev.clone()),
             });
             deleted.push(prev);
@@ -243,7 +282,7 @@ impl KvStore {
 
     /// Whether one transaction condition holds now. A missing key has
     /// version, revisions and lease 0, and a value that fails every compare.
-    fn holds(&self, compare: &Compare) -> bool {
+    pub(super) fn holds(&self, compare: &Compare) -> bool {
         let stored = self.kvs.get(compare.key.as_slice());
         let field = |get: fn(&KeyValue) -> i64| stored.map_or(0, get);
         let ordering = match &compare.target {
@@ -255,6 +294,9 @@ impl KvStore {
             CompareTarget::CreateRevision(given) => field(|kv| kv.create_revision).cmp(given),
             CompareTarget::ModRevision(given) => field(|kv| kv.mod_revision).cmp(given),
             CompareTarget::Lease(given) => field(|kv| kv.lease).cmp(given),
+            // Lock compares are evaluated by the state machine, which knows
+            // the lock table; the keyspace alone cannot confirm a holder.
+            CompareTarget::LockToken(_) => return false,
         };
         match compare.op {
             CompareOp::Equal => ordering.is_eq(),
@@ -262,6 +304,19 @@ impl KvStore {
             CompareOp::Less => ordering.is_lt(),
             CompareOp::NotEqual => ordering.is_ne(),
         }
+    }
+}
+
+/// What a delete event carries: the key, empty value, `mod_revision` set to
+/// the revision of the delete.
+fn tombstone(key: Vec<u8>, revision: i64) -> KeyValue {
+    KeyValue {
+        key,
+        create_revision: 0,
+        mod_revision: revision,
+        version: 0,
+        value: Vec::new(),
+        lease: 0,
     }
 }
 
@@ -308,13 +363,13 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// The 64-bit FNV-1a hash, fed with fixed-width little-endian integers.
 #[derive(Debug)]
-struct Fnv1a64(u64);
+pub(super) struct Fnv1a64(u64);
 
 impl Fnv1a64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
 
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self(Self::OFFSET_BASIS)
     }
 
@@ -325,21 +380,21 @@ impl Fnv1a64 {
         }
     }
 
-    fn write_i64(&mut self, value: i64) {
+    pub(super) fn write_i64(&mut self, value: i64) {
         self.write_raw(&value.to_le_bytes());
     }
 
-    fn write_len(&mut self, len: usize) {
+    pub(super) fn write_len(&mut self, len: usize) {
         self.write_raw(&u64::try_from(len).unwrap_or(u64::MAX).to_le_bytes());
     }
 
     /// A byte string, prefixed by its length.
-    fn write_bytes(&mut self, bytes: &[u8]) {
+    pub(super) fn write_bytes(&mut self, bytes: &[u8]) {
         self.write_len(bytes.len());
         self.write_raw(bytes);
     }
 
-    fn finish(&self) -> u64 {
+    pub(super) fn finish(&self) -> u64 {
         self.0
     }
 }

@@ -10,10 +10,26 @@
 //! holds: a command that cannot be carried out answers [`Response::Error`].
 
 mod kv;
+mod lease;
+mod lock;
 #[cfg(test)]
 mod tests;
 
 pub use kv::KvStore;
+pub use lease::{Lease, LeaseTable};
+pub use lock::{
+    AcquireCommand, AcquireOutcome, CancelOutcome, Delay, Grant, Holder, LOCK_PREFIX, LeaveReason,
+    Lock, LockChange, LockMode, LockTable, Waiter, lock_key, parse_lock_key,
+};
+
+/// Keys under this prefix belong to fenced (lock queues, elections): clients
+/// may read and watch them but never write or delete them through KV.
+pub const RESERVED_PREFIX: &[u8] = b"__fenced/";
+
+/// Whether `key` is under [`RESERVED_PREFIX`].
+pub fn is_reserved(key: &[u8]) -> bool {
+    key.starts_with(RESERVED_PREFIX)
+}
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +60,49 @@ pub enum Command {
     DeleteRange(DeleteRequest),
     /// Compare-and-swap transaction.
     Txn(TxnRequest),
+    /// Create a lease (`id` 0: the next id).
+    LeaseGrant {
+        /// Requested id, or 0.
+        id: i64,
+        /// Seconds.
+        ttl: i64,
+    },
+    /// End a lease at a client's request.
+    LeaseRevoke {
+        /// The lease.
+        id: i64,
+    },
+    /// End leases whose deadline passed on the leader. Unknown ids (already
+    /// revoked) are skipped.
+    LeaseExpire {
+        /// The leases, in the order the lessor found them.
+        ids: Vec<i64>,
+    },
+    /// Queue for a lock, or take it.
+    LockAcquire(AcquireCommand),
+    /// Release a grant.
+    LockRelease {
+        /// Lock name.
+        name: String,
+        /// The grant's token.
+        token: i64,
+        /// The holder's lease, or 0 when the token names one holder.
+        lease: i64,
+    },
+    /// Give up a place in the queue (wait timeout, client gone).
+    LockCancel {
+        /// Lock name.
+        name: String,
+        /// The waiter's lease.
+        lease: i64,
+    },
+    /// End the lock-delay of `name` that started at revision `since`.
+    LockDelayEnd {
+        /// Lock name.
+        name: String,
+        /// The delay's start revision.
+        since: i64,
+    },
 }
 
 /// Write one key.
@@ -114,6 +173,10 @@ pub enum CompareTarget {
     Value(Vec<u8>),
     /// The key's lease id.
     Lease(i64),
+    /// The compare's key is a lock name; holds (with `Equal`) when this token
+    /// is a current holder's token of that lock, or (with `NotEqual`) when it
+    /// is not.
+    LockToken(i64),
 }
 
 /// One condition of a transaction.
@@ -159,6 +222,36 @@ pub enum Response {
     DeleteRange(DeleteResult),
     /// Answer to a transaction.
     Txn(TxnResult),
+    /// A lease was created.
+    LeaseGrant {
+        /// Its id.
+        id: i64,
+        /// Its TTL, seconds.
+        ttl: i64,
+    },
+    /// A lease was revoked.
+    LeaseRevoke {
+        /// Keyspace revision after the command.
+        revision: i64,
+    },
+    /// Leases expired.
+    LeaseExpire {
+        /// Keyspace revision after the command.
+        revision: i64,
+        /// The ids that were alive and are now gone.
+        expired: Vec<i64>,
+    },
+    /// Answer to an acquire.
+    LockAcquire(AcquireOutcome),
+    /// A grant was released.
+    LockRelease {
+        /// Keyspace revision after the command.
+        revision: i64,
+    },
+    /// Answer to a cancel.
+    LockCancel(CancelOutcome),
+    /// Answer to a delay end: whether a delay ended.
+    LockDelayEnd(bool),
     /// The command could not be carried out; nothing changed.
     Error(ApplyError),
 }
@@ -167,8 +260,57 @@ pub enum Response {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ApplyError {
     /// The command names a lease that does not exist.
-    #[error("lease {0} not found")]
+    #[error("lease {0} not found (it expired, was revoked, or never existed)")]
     LeaseNotFound(i64),
+    /// A grant asked for the id of a live lease.
+    #[error("lease {0} already exists")]
+    LeaseExists(i64),
+    /// A grant asked for an id that is not above every id granted so far.
+    #[error("lease id {id} cannot be granted: ids are never reused, pick one above {max}")]
+    LeaseIdUsed {
+        /// The requested id.
+        id: i64,
+        /// The highest id granted so far.
+        max: i64,
+    },
+    /// Every positive 64-bit id was handed out.
+    #[error("no lease ids left")]
+    LeaseIdsExhausted,
+    /// A TTL that is not positive reached the log.
+    #[error("lease TTL must be positive, got {0}")]
+    InvalidTtl(i64),
+    /// A client write named a key under the reserved prefix.
+    #[error("key {0:?} is under the reserved prefix \"__fenced/\"; locks and elections change it")]
+    ReservedKey(String),
+    /// An acquire disagrees with how the lock is in use.
+    #[error("{0}")]
+    LockConflict(String),
+    /// A try-only acquire found the lock taken.
+    #[error("lock {name:?} is not free ({holders} holder(s) or waiters ahead); try-only acquire does not wait")]
+    LockBusy {
+        /// Lock name.
+        name: String,
+        /// Current holders.
+        holders: usize,
+    },
+    /// A release or check named a token that is not current.
+    #[error("token {token} is not a current holder of lock {name:?} (released, expired or superseded)")]
+    StaleToken {
+        /// Lock name.
+        name: String,
+        /// The token.
+        token: i64,
+    },
+    /// A release by token alone matched several shared holders.
+    #[error("token {token} of lock {name:?} is shared by {holders} holders; pass the lease too")]
+    AmbiguousToken {
+        /// Lock name.
+        name: String,
+        /// The token.
+        token: i64,
+        /// How many holders share it.
+        holders: usize,
+    },
 }
 
 /// Answer to a put.
@@ -247,11 +389,67 @@ pub struct Event {
     pub prev_kv: Option<KeyValue>,
 }
 
+/// Everything one applied command produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// The answer for the proposer.
+    pub response: Response,
+    /// Key changes, for watchers.
+    pub events: Vec<Event>,
+    /// Lock places granted or ended, for waiting acquirers.
+    pub locks: Vec<LockChange>,
+}
+
+/// The writes of one command in progress: everything happens at one
+/// revision, which becomes current only if some key changed.
+pub(crate) struct Write<'a> {
+    kv: &'a mut KvStore,
+    revision: i64,
+    changed: bool,
+    events: &'a mut Vec<Event>,
+    changes: &'a mut Vec<LockChange>,
+}
+
+impl Write<'_> {
+    /// The revision this command writes at.
+    fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// (Re)writes a reserved key with its current value, attached to `lease`.
+    fn put(&mut self, key: &[u8], lease: i64) {
+        let value = self
+            .kv
+            .get(key)
+            .map(|kv| kv.value.clone())
+            .unwrap_or_default();
+        let put = PutRequest {
+            key: key.to_vec(),
+            value,
+            lease,
+            prev_kv: false,
+        };
+        self.kv.put_at(&put, self.revision, self.events);
+        self.changed = true;
+    }
+
+    /// Deletes one key, reserved or not.
+    fn remove(&mut self, key: &[u8]) {
+        if self.kv.remove_at(key, self.revision, self.events).is_some() {
+            self.changed = true;
+        }
+    }
+}
+
 /// The whole replicated state. See the module docs for what it must never do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
     /// The revisioned keyspace.
     kv: KvStore,
+    /// Live leases and their keys.
+    leases: LeaseTable,
+    /// Locks in use.
+    locks: LockTable,
 }
 
 impl StateMachine {
@@ -266,31 +464,144 @@ impl StateMachine {
         self.kv.revision()
     }
 
-    /// Applies one committed command. Never panics.
+    /// Applies one committed command; the answer and the key events.
     pub fn apply(&mut self, command: &Command) -> (Response, Vec<Event>) {
+        let output = self.execute(command);
+        (output.response, output.events)
+    }
+
+    /// Applies one committed command. Never panics.
+    pub fn execute(&mut self, command: &Command) -> Output {
         let mut events = Vec::new();
+        let mut locks = Vec::new();
+        let response = self
+            .dispatch(command, &mut events, &mut locks)
+            .unwrap_or_else(Response::Error);
+        self.track_attachments(&events);
+        Output {
+            response,
+            events,
+            locks,
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        command: &Command,
+        events: &mut Vec<Event>,
+        changes: &mut Vec<LockChange>,
+    ) -> Result<Response, ApplyError> {
+        let mut w = Write {
+            revision: self.kv.next_revision(),
+            kv: &mut self.kv,
+            changed: false,
+            events,
+            changes,
+        };
         let response = match command {
-            Command::Put(put) => match self.check_lease(put.lease) {
-                Err(err) => Response::Error(err),
-                Ok(()) => Response::Put(self.kv.put(put, &mut events)),
-            },
-            Command::DeleteRange(del) => Response::DeleteRange(self.kv.delete(del, &mut events)),
+            Command::Put(put) => {
+                check_writable(&put.key)?;
+                check_lease(&self.leases, put.lease)?;
+                Response::Put(w.kv.put(put, w.events))
+            }
+            Command::DeleteRange(del) => Response::DeleteRange(w.kv.delete(del, w.events)),
             Command::Txn(txn) => {
-                let leases = txn
-                    .success
-                    .iter()
-                    .chain(&txn.failure)
-                    .filter_map(|op| match op {
-                        TxnOp::Put(p) => Some(p.lease),
-                        _ => None,
-                    });
-                match leases.map(|l| self.check_lease(l)).find(Result::is_err) {
-                    Some(Err(err)) => Response::Error(err),
-                    _ => Response::Txn(self.kv.txn(txn, &mut events)),
+                for op in txn.success.iter().chain(&txn.failure) {
+                    if let TxnOp::Put(put) = op {
+                        check_writable(&put.key)?;
+                        check_lease(&self.leases, put.lease)?;
+                    }
+                }
+                let locks = &self.locks;
+                let succeeded = txn.compare.iter().all(|c| match &c.target {
+                    CompareTarget::LockToken(token) => {
+                        let current = std::str::from_utf8(&c.key)
+                            .is_ok_and(|name| locks.is_current(name, *token));
+                        match c.op {
+                            CompareOp::Equal => current,
+                            CompareOp::NotEqual => !current,
+                            CompareOp::Greater | CompareOp::Less => false,
+                        }
+                    }
+                    _ => w.kv.holds(c),
+                });
+                Response::Txn(w.kv.txn_branch(txn, succeeded, w.events))
+            }
+            Command::LeaseGrant { id, ttl } => {
+                let id = self.leases.grant(*id, *ttl)?;
+                Response::LeaseGrant { id, ttl: *ttl }
+            }
+            Command::LeaseRevoke { id } => {
+                if !self.leases.contains(*id) {
+                    return Err(ApplyError::LeaseNotFound(*id));
+                }
+                end_leases(
+                    &mut self.leases,
+                    &mut self.locks,
+                    &[*id],
+                    LeaveReason::LeaseRevoked,
+                    &mut w,
+                );
+                w.finish();
+                Response::LeaseRevoke {
+                    revision: w.kv.revision(),
                 }
             }
+            Command::LeaseExpire { ids } => {
+                let expired = end_leases(
+                    &mut self.leases,
+                    &mut self.locks,
+                    ids,
+                    LeaveReason::LeaseExpired,
+                    &mut w,
+                );
+                w.finish();
+                Response::LeaseExpire {
+                    revision: w.kv.revision(),
+                    expired,
+                }
+            }
+            Command::LockAcquire(cmd) => {
+                let outcome = self.locks.acquire(cmd, &self.leases, &mut w)?;
+                w.finish();
+                Response::LockAcquire(outcome)
+            }
+            Command::LockRelease { name, token, lease } => {
+                self.locks
+                    .release(name, *token, *lease, &self.leases, &mut w)?;
+                w.finish();
+                Response::LockRelease {
+                    revision: w.kv.revision(),
+                }
+            }
+            Command::LockCancel { name, lease } => {
+                let outcome = self.locks.cancel(name, *lease, &self.leases, &mut w);
+                w.finish();
+                Response::LockCancel(outcome)
+            }
+            Command::LockDelayEnd { name, since } => {
+                let ended = self.locks.end_delay(name, *since, &self.leases, &mut w);
+                w.finish();
+                Response::LockDelayEnd(ended)
+            }
         };
-        (response, events)
+        Ok(response)
+    }
+
+    /// Keeps each lease's key set in step with the keyspace: a put moves the
+    /// key to its new lease, a delete detaches it.
+    fn track_attachments(&mut self, events: &[Event]) {
+        for event in events {
+            if let Some(prev) = &event.prev_kv
+                && prev.lease != 0
+                && (event.kind == EventKind::Delete || prev.lease != event.kv.lease)
+            {
+                self.leases.detach(prev.lease, &prev.key);
+            }
+            if event.kind == EventKind::Put && event.kv.lease != 0 {
+                self.leases.attach(event.kv.lease, &event.kv.key);
+            }
+        }
     }
 
     /// Reads at the current revision.
@@ -298,19 +609,87 @@ impl StateMachine {
         self.kv.range(request)
     }
 
+    /// The lease table.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    /// The lock table.
+    pub fn locks(&self) -> &LockTable {
+        &self.locks
+    }
+
     /// A digest of the whole state, equal on members that applied the same
     /// log prefix. Stable across processes and versions of the std library.
     pub fn digest(&self) -> u64 {
-        self.kv.digest()
+        let mut hash = kv::Fnv1a64::new();
+        self.kv.digest_into(&mut hash);
+        self.leases.digest_into(&mut hash);
+        self.locks.digest_into(&mut hash);
+        hash.finish()
     }
+}
 
-    /// Leases do not exist yet (they arrive with the leases issue), so every
-    /// lease id but 0 is unknown.
-    fn check_lease(&self, lease: i64) -> Result<(), ApplyError> {
-        if lease == 0 {
-            Ok(())
-        } else {
-            Err(ApplyError::LeaseNotFound(lease))
+impl Write<'_> {
+    /// Makes the command's revision current if it changed a key.
+    fn finish(&mut self) {
+        if self.changed {
+            self.kv.advance_to(self.revision);
         }
+    }
+}
+
+/// Ends every live lease of `ids`: deletes its keys, removes its lock places
+/// (an expired holder with a lock-delay starts the delay), then grants the
+/// next waiters of every lock it touched, all at one revision. Returns the
+/// ids that were alive.
+fn end_leases(
+    leases: &mut LeaseTable,
+    locks: &mut LockTable,
+    ids: &[i64],
+    reason: LeaveReason,
+    w: &mut Write<'_>,
+) -> Vec<i64> {
+    let mut ended = Vec::new();
+    let mut touched = std::collections::BTreeSet::new();
+    for &id in ids {
+        let Some(lease) = leases.remove(id) else {
+            continue;
+        };
+        for key in &lease.keys {
+            match parse_lock_key(key) {
+                Some((name, owner)) if owner == id => {
+                    if locks.leave(name, id, reason, w) {
+                        touched.insert(name.to_string());
+                    } else {
+                        w.remove(key);
+                    }
+                }
+                _ => w.remove(key),
+            }
+        }
+        ended.push(id);
+    }
+    for name in &touched {
+        locks.grant(name, leases, w);
+    }
+    ended
+}
+
+/// Client writes may not touch reserved keys.
+fn check_writable(key: &[u8]) -> Result<(), ApplyError> {
+    if is_reserved(key) {
+        Err(ApplyError::ReservedKey(String::from_utf8_lossy(key).into_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+/// A key may be attached only to a live lease (or to none, 0).
+fn check_lease(leases: &LeaseTable, lease: i64) -> Result<(), ApplyError> {
+    if lease == 0 || leases.contains(lease) {
+        Ok(())
+    } else {
+        Err(ApplyError::LeaseNotFound(lease))
     }
 }
