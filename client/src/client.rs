@@ -219,6 +219,23 @@ impl Client {
         self.inner.current.load(Ordering::Relaxed) % self.inner.members.len()
     }
 
+    /// The number of configured endpoints (at least one).
+    pub(crate) fn member_count(&self) -> usize {
+        self.inner.members.len()
+    }
+
+    /// The index of the endpoint requests go to first, for callers that run
+    /// their own failover (the keepalive stream of a session).
+    pub(crate) fn first_member(&self) -> usize {
+        self.current_index()
+    }
+
+    /// The name and channel of endpoint `index` (modulo the endpoint count).
+    pub(crate) fn member(&self, index: usize) -> (&str, Channel) {
+        let member = &self.inner.members[index % self.inner.members.len()];
+        (&member.name, member.channel())
+    }
+
     /// Runs `rpc` against the current endpoint and, on a retryable failure,
     /// against the following ones in turn, until it succeeds, fails for good
     /// or the request deadline passes.
@@ -226,20 +243,38 @@ impl Client {
     /// `rpc` gets the channel to try and the time that attempt may take (to
     /// send as the gRPC timeout); it is called once per attempt, so it
     /// clones the request each time.
-    async fn call<T, F, Fut>(&self, mut rpc: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let config = &self.inner.config;
+        self.call_within(config.request_timeout, config.attempt_timeout, rpc)
+            .await
+    }
+
+    /// The retry loop of [`Client::call`] with its own total `timeout` and
+    /// per-attempt cap, for calls that are meant to take longer than one
+    /// ordinary request (a lock acquire waits for the grant).
+    pub(crate) async fn call_within<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        attempt_timeout: Option<Duration>,
+        mut rpc: F,
+    ) -> Result<T, Error>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let config = &self.inner.config;
         let members = &self.inner.members;
-        let deadline = Instant::now() + config.request_timeout;
+        let deadline = Instant::now() + timeout;
         let mut index = self.current_index();
         let mut backoff = config.backoff_initial;
         let mut attempts = 0;
         loop {
             let budget = deadline.saturating_duration_since(Instant::now());
-            let budget = config.attempt_timeout.map_or(budget, |cap| cap.min(budget));
+            let budget = attempt_timeout.map_or(budget, |cap| cap.min(budget));
             let member = &members[index];
             attempts += 1;
             let Failure { status, timed_out } =
@@ -258,7 +293,7 @@ impl Client {
                     .store((index + 1) % members.len(), Ordering::Relaxed);
             }
             if timed_out && out_of_time {
-                return Err(self.deadline_error(attempts, &member.name, &status));
+                return Err(self.deadline_error(timeout, attempts, &member.name, &status));
             }
             // An attempt cut short by `attempt_timeout` (the request deadline
             // still ahead) is treated like an unreachable member.
@@ -266,7 +301,7 @@ impl Client {
                 return Err(status.into());
             }
             if out_of_time {
-                return Err(self.deadline_error(attempts, &member.name, &status));
+                return Err(self.deadline_error(timeout, attempts, &member.name, &status));
             }
             tracing::debug!(
                 endpoint = %member.name,
@@ -280,7 +315,7 @@ impl Client {
                 tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(config.backoff_max);
                 if Instant::now() >= deadline {
-                    return Err(self.deadline_error(attempts, &member.name, &status));
+                    return Err(self.deadline_error(timeout, attempts, &member.name, &status));
                 }
             }
         }
@@ -288,8 +323,13 @@ impl Client {
 
     /// The error for a request whose deadline passed: `DEADLINE_EXCEEDED`,
     /// with the last failure in the message so the cause is not lost.
-    fn deadline_error(&self, attempts: usize, endpoint: &str, last: &Status) -> Error {
-        let timeout = self.inner.config.request_timeout;
+    fn deadline_error(
+        &self,
+        timeout: Duration,
+        attempts: usize,
+        endpoint: &str,
+        last: &Status,
+    ) -> Error {
         let last = Error::from(last.clone());
         Status::deadline_exceeded(format!(
             "request deadline of {timeout:?} exceeded after {attempts} attempt(s); \
@@ -339,7 +379,7 @@ async fn attempt<T>(
 
 /// Wraps a message in a request that carries the attempt's time budget, so
 /// the server can give up on work whose answer nobody will wait for.
-fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
+pub(crate) fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
     request

@@ -20,12 +20,59 @@
 //! # }
 //! ```
 //!
+//! # Locks
+//!
+//! A lock is held by a lease, and a [`Session`] is a lease this client keeps
+//! alive in the background. Take locks through the session, pass the
+//! fencing token to whatever the lock protects, and stop as soon as the
+//! session is lost:
+//!
+//! ```no_run
+//! # async fn demo(client: fenced_client::Client) -> Result<(), fenced_client::Error> {
+//! use std::time::Duration;
+//! use fenced_client::LockOptions;
+//!
+//! let session = client.session(Duration::from_secs(10)).await?;
+//! let options = LockOptions::default().wait_timeout(Duration::from_secs(30));
+//! let guard = session.lock_with("jobs/nightly", options).await?;
+//! let token = guard.token();
+//! tokio::select! {
+//!     // The work, which hands `token` to the storage it writes to, so that
+//!     // a write from an older holder is refused.
+//!     () = async { /* write with `token` */ } => {}
+//!     reason = session.lost() => {
+//!         eprintln!("lock lost ({reason}); stopping");
+//!         return Ok(());
+//!     }
+//! }
+//! guard.release().await?;
+//! session.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The session is lost once the client cannot be sure the lease is alive:
+//! a safety margin before the lease could expire on the server when no
+//! keepalive was acknowledged in time, or when the server says the lease is
+//! gone. See [`Session`] for the timing.
+//!
 //! # Layout
 //!
 //! - `config`: [`ClientConfig`], the endpoint list, timeouts and retry
 //!   policy, and the builder that turns it into a [`Client`].
-//! - `client`: [`Client`], one method per RPC, and the retry loop that
+//! - `client`: [`Client`], the KV and cluster RPCs, and the retry loop that
 //!   every method goes through.
+//! - `lease`: the lease RPCs on [`Client`] (grant, revoke, time-to-live,
+//!   list).
+//! - `session`: [`Session`], a lease kept alive, and its builder.
+//! - `lost`: [`SessionStatus`], until when the lease is certainly alive
+//!   (pure bookkeeping over instants), and [`Lost`], the signal that it may
+//!   no longer be.
+//! - `keepalive`: the task behind a session: the `KeepAlive` stream, its
+//!   answer timeout and failover between endpoints.
+//! - `lock`: the lock RPCs on [`Client`], and the deadline of an acquire.
+//! - `guard`: [`LockOptions`], [`Session::lock_with`] and [`LockGuard`],
+//!   the grant a session holds; abandoning a cancelled acquire.
 //! - `endpoint`: parsing endpoint strings and the lazily connected channel
 //!   of each endpoint.
 //! - `error`: [`Error`], a `tonic::Status` or a configuration problem.
@@ -37,6 +84,8 @@
 //! shutting down, connection refused), `ABORTED` (the proposal was dropped by a
 //! leader change), or a transport error (the connection broke mid-request),
 //! until the request deadline passes. Every other code is returned at once.
+//! A lock acquire is retried the same way (the server finds the lease's
+//! queue place again), with a deadline of its wait plus the request timeout.
 //!
 //! Writes are retried too. Like etcd's client, this means a write whose
 //! connection broke after the server received it may be applied twice; use a
@@ -49,9 +98,18 @@ mod client;
 mod config;
 mod endpoint;
 mod error;
+mod guard;
+mod keepalive;
+mod lease;
+mod lock;
+mod lost;
+mod session;
 
 pub use client::Client;
 pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 pub use error::Error;
 /// Generated protobuf types and gRPC stubs of package `fenced.v1`.
 pub use fenced_proto::pb;
+pub use guard::{LockGuard, LockOptions};
+pub use lost::{Lost, LostReason, SessionStatus};
+pub use session::{DEFAULT_SESSION_TTL, Session, SessionBuilder};

@@ -2,14 +2,23 @@
 //!
 //! Parsing lives in [`Cli`], one async function per command does the work,
 //! and everything printed to stdout goes through `output::Output`, so the
-//! simple and JSON formats are defined in one place.
+//! simple and JSON formats are defined in one place. The commands that hold
+//! something have their own files: `lease` (with `lease keepalive`) and
+//! `lock`; `signals` is the SIGINT/SIGTERM handling they share.
 //!
 //! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 the
 //! command line was wrong (clap's usage errors, and endpoints that cannot be
-//! parsed).
+//! parsed). `lock NAME -- CMD` exits with CMD's code instead (see
+//! `lock.rs`).
 
+#[path = "fencectl/lease.rs"]
+mod lease;
+#[path = "fencectl/lock.rs"]
+mod lock;
 #[path = "fencectl/output.rs"]
 mod output;
+#[path = "fencectl/signals.rs"]
+mod signals;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,8 +26,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 use fenced_client::pb::{DeleteRangeRequest, PutRequest, RangeRequest};
-use fenced_client::{Client, ClientConfig};
+use fenced_client::{Client, ClientConfig, DEFAULT_REQUEST_TIMEOUT};
 
+use crate::lease::LeaseCommand;
+use crate::lock::LockArgs;
 use crate::output::{Format, Output, StatusRow};
 
 /// Command-line client for fenced.
@@ -37,9 +48,15 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Simple)]
     output: Format,
-    /// Time one request may take, retries on other endpoints included, in seconds.
-    #[arg(long, global = true, default_value = "5", value_parser = parse_seconds)]
-    timeout: Duration,
+    /// Time one request may take, retries on other endpoints included, in
+    /// seconds [default: 5]. For `lock` it is how long to wait for the lock
+    /// instead, and requests take the default.
+    // `lock --timeout` shares this argument (same clap id; clap then does not
+    // add the global one to `lock`, and a value given before or after `lock`
+    // lands in both). No clap default, since a default would become the
+    // lock's wait, which must default to "forever".
+    #[arg(long, global = true, value_name = "S", value_parser = parse_seconds)]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +94,13 @@ enum Command {
     },
     /// Show the status of every endpoint, one row each.
     Status,
+    /// Leases: grant, keep alive, revoke, list, time to live.
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
+    /// Hold a lock while CMD runs, or (without CMD) until Ctrl-C.
+    Lock(LockArgs),
     /// Cluster membership.
     Member {
         #[command(subcommand)]
@@ -92,8 +116,13 @@ enum MemberCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let request_timeout = match cli.command {
+        // There `--timeout` is the wait for the lock (see `Cli::timeout`).
+        Command::Lock(_) => DEFAULT_REQUEST_TIMEOUT,
+        _ => cli.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+    };
     let client = match ClientConfig::new(cli.endpoints.iter().cloned())
-        .request_timeout(cli.timeout)
+        .request_timeout(request_timeout)
         .build()
     {
         Ok(client) => client,
@@ -108,7 +137,7 @@ fn main() -> ExitCode {
         Err(err) => return fail(&anyhow::Error::new(err).context("starting the runtime")),
     };
     match runtime.block_on(run(cli.command, &client, &output)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }
@@ -120,8 +149,12 @@ fn fail(err: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(command: Command, client: &Client, output: &Output) -> anyhow::Result<()> {
-    match command {
+/// Runs one command; its exit code when it succeeds (0, except for a
+/// `lock` that ran a command).
+async fn run(command: Command, client: &Client, output: &Output) -> anyhow::Result<ExitCode> {
+    let done = match command {
+        Command::Lease { command } => return lease::run(command, client, output).await,
+        Command::Lock(args) => return lock::run(args, client, output).await,
         Command::Put { key, value, lease } => put(client, output, key, value, lease).await,
         Command::Get {
             key,
@@ -143,7 +176,8 @@ async fn run(command: Command, client: &Client, output: &Output) -> anyhow::Resu
         Command::Member {
             command: MemberCommand::List,
         } => member_list(client, output).await,
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 async fn put(
@@ -206,7 +240,7 @@ async fn member_list(client: &Client, output: &Output) -> anyhow::Result<()> {
 }
 
 /// Parses a positive number of seconds, fractions allowed (`0.5`).
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
@@ -217,7 +251,7 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 /// Parses a lease id: decimal, or hexadecimal with a `0x` prefix.
-fn parse_lease_id(text: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_lease_id(text: &str) -> anyhow::Result<i64> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => i64::from_str_radix(hex, 16),
         None => text.parse(),

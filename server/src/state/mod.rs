@@ -286,7 +286,9 @@ pub enum ApplyError {
     #[error("{0}")]
     LockConflict(String),
     /// A try-only acquire found the lock taken.
-    #[error("lock {name:?} is not free ({holders} holder(s) or waiters ahead); try-only acquire does not wait")]
+    #[error(
+        "lock {name:?} is not free ({holders} holder(s) or waiters ahead); try-only acquire does not wait"
+    )]
     LockBusy {
         /// Lock name.
         name: String,
@@ -294,7 +296,9 @@ pub enum ApplyError {
         holders: usize,
     },
     /// A release or check named a token that is not current.
-    #[error("token {token} is not a current holder of lock {name:?} (released, expired or superseded)")]
+    #[error(
+        "token {token} is not a current holder of lock {name:?} (released, expired or superseded)"
+    )]
     StaleToken {
         /// Lock name.
         name: String,
@@ -679,7 +683,9 @@ fn end_leases(
 /// Client writes may not touch reserved keys.
 fn check_writable(key: &[u8]) -> Result<(), ApplyError> {
     if is_reserved(key) {
-        Err(ApplyError::ReservedKey(String::from_utf8_lossy(key).into_owned()))
+        Err(ApplyError::ReservedKey(
+            String::from_utf8_lossy(key).into_owned(),
+        ))
     } else {
         Ok(())
     }

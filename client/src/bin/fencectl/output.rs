@@ -7,8 +7,11 @@
 
 use std::io::{self, Write as _};
 
-use fenced_client::Error;
-use fenced_client::pb::{DeleteRangeResponse, KeyValue, Member, PutResponse, StatusResponse};
+use fenced_client::pb::{
+    DeleteRangeResponse, KeyValue, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveResponse,
+    Member, PutResponse, StatusResponse,
+};
+use fenced_client::{Error, LockGuard};
 use serde::Serialize;
 
 /// The output formats of `-o/--output`.
@@ -92,6 +95,91 @@ impl Output {
             Format::Json => print_json(members.iter().map(MemberJson::from)),
         }
     }
+
+    /// `lease grant`: `lease ID granted with TTL(Ns)` (as etcdctl says it,
+    /// with a decimal id), or `{"id", "ttl"}`.
+    pub(crate) fn lease_granted(&self, id: i64, ttl: i64) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines([format!("lease {id} granted with TTL({ttl}s)")]),
+            Format::Json => print_json([LeaseJson { id, ttl }]),
+        }
+    }
+
+    /// `lease keepalive`, once per answer: `lease ID keepalived with
+    /// TTL(N)`, or `{"id", "ttl"}`.
+    pub(crate) fn lease_keepalive(&self, id: i64, ttl: i64) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines([format!("lease {id} keepalived with TTL({ttl})")]),
+            Format::Json => print_json([LeaseJson { id, ttl }]),
+        }
+    }
+
+    /// `lease revoke`: `lease ID revoked`, or `{"id", "revision"}`.
+    pub(crate) fn lease_revoked(&self, id: i64, response: &LeaseRevokeResponse) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines([format!("lease {id} revoked")]),
+            Format::Json => print_json([RevokedJson {
+                id,
+                revision: revision(response.header.as_ref()),
+            }]),
+        }
+    }
+
+    /// `lease list`: `id, granted_ttl` lines, or one object per lease.
+    pub(crate) fn leases(&self, leases: &[LeaseStatus]) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines(
+                leases
+                    .iter()
+                    .map(|lease| format!("{}, {}", lease.id, lease.granted_ttl)),
+            ),
+            Format::Json => print_json(leases.iter().map(|lease| LeaseStatusJson {
+                id: lease.id,
+                granted_ttl: lease.granted_ttl,
+            })),
+        }
+    }
+
+    /// `lease ttl`: `lease ID granted with TTL(Gs), remaining(Rs)` (and the
+    /// attached keys with `--keys`), or one object with every field.
+    pub(crate) fn lease_ttl(
+        &self,
+        response: &LeaseTimeToLiveResponse,
+        keys: bool,
+    ) -> io::Result<()> {
+        match self.format {
+            Format::Simple => {
+                let mut line = format!(
+                    "lease {} granted with TTL({}s), remaining({}s)",
+                    response.id, response.granted_ttl, response.ttl
+                );
+                if keys {
+                    let keys: Vec<String> = response.keys.iter().map(|key| text(key)).collect();
+                    line.push_str(&format!(", attached keys([{}])", keys.join(" ")));
+                }
+                print_lines([line])
+            }
+            Format::Json => print_json([LeaseTtlJson::from(response)]),
+        }
+    }
+
+    /// `lock` without a command: `lock NAME acquired: token T, key K, lease
+    /// L`, or `{"name", "token", "key", "lease"}`.
+    pub(crate) fn lock_granted(&self, guard: &LockGuard) -> io::Result<()> {
+        let grant = LockJson {
+            name: guard.name().to_owned(),
+            token: guard.token(),
+            key: text(guard.key()),
+            lease: guard.lease(),
+        };
+        match self.format {
+            Format::Simple => print_lines([format!(
+                "lock {} acquired: token {}, key {}, lease {}",
+                grant.name, grant.token, grant.key, grant.lease
+            )]),
+            Format::Json => print_json([grant]),
+        }
+    }
 }
 
 /// Whether a command failed only because stdout was closed (`fencectl get
@@ -110,6 +198,54 @@ struct PutJson {
 struct DeletedJson {
     deleted: i64,
     revision: i64,
+}
+
+#[derive(Serialize)]
+struct LeaseJson {
+    id: i64,
+    ttl: i64,
+}
+
+#[derive(Serialize)]
+struct RevokedJson {
+    id: i64,
+    revision: i64,
+}
+
+#[derive(Serialize)]
+struct LeaseStatusJson {
+    id: i64,
+    granted_ttl: i64,
+}
+
+#[derive(Serialize)]
+struct LeaseTtlJson {
+    id: i64,
+    ttl: i64,
+    granted_ttl: i64,
+    remaining_ms: i64,
+    /// Empty unless `--keys` asked for them.
+    keys: Vec<String>,
+}
+
+impl From<&LeaseTimeToLiveResponse> for LeaseTtlJson {
+    fn from(response: &LeaseTimeToLiveResponse) -> Self {
+        LeaseTtlJson {
+            id: response.id,
+            ttl: response.ttl,
+            granted_ttl: response.granted_ttl,
+            remaining_ms: response.remaining_ms,
+            keys: response.keys.iter().map(|key| text(key)).collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LockJson {
+    name: String,
+    token: i64,
+    key: String,
+    lease: i64,
 }
 
 #[derive(Serialize)]
@@ -308,6 +444,29 @@ mod tests {
         }
         assert_eq!(json["endpoint"], "127.0.0.1:7379");
         assert!(json.get("error").is_none());
+    }
+
+    #[test]
+    fn lease_ttl_json_has_every_field() {
+        let response = LeaseTimeToLiveResponse {
+            id: 7,
+            ttl: 9,
+            granted_ttl: 10,
+            keys: vec![b"a".to_vec(), b"__fenced/lock/db/@7".to_vec()],
+            remaining_ms: 8500,
+            ..LeaseTimeToLiveResponse::default()
+        };
+        let json = serde_json::to_value(LeaseTtlJson::from(&response)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": 7,
+                "ttl": 9,
+                "granted_ttl": 10,
+                "remaining_ms": 8500,
+                "keys": ["a", "__fenced/lock/db/@7"],
+            })
+        );
     }
 
     #[test]
