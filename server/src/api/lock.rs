@@ -262,6 +262,11 @@ impl Lock for LockService {
                 other => return Err(unexpected(&other)),
             };
             guard.armed = true;
+            if cmd.try_only {
+                // The lease already had a place in the queue (an earlier
+                // acquire): a try does not wait, and leaves no place behind.
+                return self.give_up(&cmd, started.elapsed(), &mut guard).await;
+            }
             let changed = match wait_end {
                 Some(end) => match tokio::time::timeout_at(end, &mut wait.changed).await {
                     Ok(changed) => changed,

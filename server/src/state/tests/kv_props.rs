@@ -137,6 +137,7 @@ fn store_after(commands: &[Command]) -> KvStore {
             Command::Txn(txn) => {
                 store.txn(txn, &mut events);
             }
+            other => unreachable!("command() makes only KV commands, not {other:?}"),
         }
     }
     store
@@ -199,6 +200,7 @@ proptest! {
                     store.txn(txn, &mut events),
                     model.txn(txn, &mut model_events)
                 ),
+                other => unreachable!("command() makes only KV commands, not {other:?}"),
             }
             prop_assert_eq!(events, model_events);
             prop_assert_eq!(store.revision(), model.revision);
@@ -232,6 +234,7 @@ proptest! {
                 Response::DeleteRange(delete) => prop_assert_eq!(delete.revision, after),
                 Response::Txn(txn) => prop_assert_eq!(txn.revision, after),
                 Response::Error(_) => prop_assert_eq!(&state, &before),
+                other => unreachable!("KV commands answer KV responses, not {other:?}"),
             }
         }
     }
@@ -368,6 +371,8 @@ impl Model {
             CompareTarget::CreateRevision(given) => relates(op, &kv.create_revision, given),
             CompareTarget::ModRevision(given) => relates(op, &kv.mod_revision, given),
             CompareTarget::Lease(given) => relates(op, &kv.lease, given),
+            // Not generated here; the keyspace alone never confirms a holder.
+            CompareTarget::LockToken(_) => false,
         }
     }
 
