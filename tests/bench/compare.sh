@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: a 3-member etcd 3.4 and a 3-member fenced on
 # loopback, same machine, same disk, fsync on, same heartbeat (100 ms) and
-# election timeout (1 s). Workloads run alternately (etcd, fenced, etcd, ...)
-# for ROUNDS rounds; docs/benchmarks.md gets min/median/max and the ratio.
+# election timeout (1 s). Workloads (put, then lock acquire+release cycles)
+# run alternately (etcd, fenced, etcd, ...) for ROUNDS rounds;
+# docs/benchmarks.md gets min/median/max and the ratio.
 #
-#   tests/bench/compare.sh            # full: 3 rounds x 10 s per run
-#   tests/bench/compare.sh --quick    # 3 rounds x 3 s per run (about 2 minutes)
+#   tests/bench/compare.sh            # full: 3 rounds x 10 s per run (about 6 minutes)
+#   tests/bench/compare.sh --quick    # 3 rounds x 3 s per run (about 3 minutes)
+#
+# Binaries are built into $CARGO_TARGET_DIR when set (else target/).
 #
 # Needs root for `apt-get install etcd-server protobuf-compiler` when missing.
 set -euo pipefail
@@ -27,8 +30,12 @@ fi
 echo "building release binaries"
 cargo build --release -q -p fenced-server --bin fenced
 cargo build --release -q -p fenced-tests --bin fenced-bench --features etcd
-FENCED=$ROOT/target/release/fenced
-BENCH=$ROOT/target/release/fenced-bench
+# cargo resolves a relative CARGO_TARGET_DIR against the working directory,
+# which is $ROOT here.
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+[[ "$TARGET_DIR" == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
+FENCED=$TARGET_DIR/release/fenced
+BENCH=$TARGET_DIR/release/fenced-bench
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/fenced-compare.XXXXXX")
 PIDS=()
@@ -83,9 +90,13 @@ run() { # target endpoints label args...
   python3 -c "import json,sys; d=json.loads(sys.argv[1]); d['label']=sys.argv[2]; print(json.dumps(d))" "$line" "$label" >>"$RESULTS"
 }
 
+# label|arguments. lock-CxL: C clients cycling (acquire, release) over L locks.
 WORKLOADS=(
   "put-1|put --clients 1"
   "put-64|put --clients 64"
+  "lock-1x1|lock --clients 1 --locks 1"
+  "lock-16x16|lock --clients 16 --locks 16"
+  "lock-64x8|lock --clients 64 --locks 8"
 )
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS"

@@ -267,27 +267,62 @@ impl Lock for LockService {
                 // acquire): a try does not wait, and leaves no place behind.
                 return self.give_up(&cmd, started.elapsed(), &mut guard).await;
             }
-            let changed = match wait_end {
-                Some(end) => match tokio::time::timeout_at(end, &mut wait.changed).await {
-                    Ok(changed) => changed,
-                    Err(_) => return self.give_up(&cmd, started.elapsed(), &mut guard).await,
-                },
-                None => (&mut wait.changed).await,
+            let acquired_at = applied.index;
+            let changed = loop {
+                let received = match wait_end {
+                    Some(end) => match tokio::time::timeout_at(end, &mut wait.changed).await {
+                        Ok(received) => received,
+                        Err(_) => return self.give_up(&cmd, started.elapsed(), &mut guard).await,
+                    },
+                    None => (&mut wait.changed).await,
+                };
+                let Ok((index, change)) = received else {
+                    return Err(Status::unavailable("member is shutting down"));
+                };
+                if index > acquired_at {
+                    break Some(change);
+                }
+                // A late notice about an earlier place of this lease (say its
+                // previous release): wait again, and look at the state in
+                // case the real change came in between.
+                wait = self.node.lock_waits().register(&cmd.name, cmd.lease);
+                let state = self.node.state();
+                let Some(lock) = state.locks().get(&cmd.name) else {
+                    break None;
+                };
+                if let Some(holder) = lock.holders.iter().find(|h| h.lease == cmd.lease) {
+                    break Some(LockChange::Granted {
+                        name: cmd.name.clone(),
+                        lease: cmd.lease,
+                        token: holder.token,
+                    });
+                }
+                if !lock.waiters.iter().any(|w| w.lease == cmd.lease) {
+                    break None;
+                }
             };
             guard.armed = false;
             match changed {
-                Ok(LockChange::Granted { token, .. }) => {
+                Some(LockChange::Granted { token, .. }) => {
                     let revision = self.node.state().revision();
                     let grant = self.current_grant(&cmd.name, token, key);
                     return Ok(Response::new(self.grant_response(grant, revision)));
                 }
-                // Another call with the same lease gave up this place (a
-                // retried acquire whose first attempt timed out): queue again.
-                Ok(LockChange::Left {
+                // The place is gone while the lease lives: another call with
+                // the same lease gave it up (a retried acquire whose first
+                // attempt timed out). Queue again.
+                Some(LockChange::Left {
                     reason: LeaveReason::Cancelled,
                     ..
                 }) => continue,
-                Ok(LockChange::Left { reason, .. }) => {
+                None if self.node.state().leases().contains(cmd.lease) => continue,
+                None => {
+                    return Err(Status::failed_precondition(format!(
+                        "lease {} ended while waiting for lock {:?}; its queue place is gone",
+                        cmd.lease, cmd.name
+                    )));
+                }
+                Some(LockChange::Left { reason, .. }) => {
                     let why = match reason {
                         LeaveReason::LeaseExpired => "expired",
                         LeaveReason::LeaseRevoked => "was revoked",
@@ -298,7 +333,6 @@ impl Lock for LockService {
                         cmd.lease, cmd.name
                     )));
                 }
-                Err(_) => return Err(Status::unavailable("member is shutting down")),
             }
         }
     }

@@ -29,8 +29,8 @@ pub fn run(shared: Arc<Shared>, tasks: mpsc::Receiver<ApplyTask>) {
         };
         let changes = apply_batch(&shared, &entries);
         shared.applied.send_replace(last);
-        for change in &changes {
-            shared.lock_waits.notify(change);
+        for (index, change) in &changes {
+            shared.lock_waits.notify(*index, change);
         }
         metrics::gauge!("fenced_applied_index").set(last as f64);
     }
@@ -38,7 +38,7 @@ pub fn run(shared: Arc<Shared>, tasks: mpsc::Receiver<ApplyTask>) {
 
 /// Applies `entries`; returns the lock changes, to be announced once the
 /// state lock is released and the applied index published.
-fn apply_batch(shared: &Shared, entries: &[Entry]) -> Vec<LockChange> {
+fn apply_batch(shared: &Shared, entries: &[Entry]) -> Vec<(u64, LockChange)> {
     let mut changes = Vec::new();
     let mut state = shared
         .state
@@ -63,7 +63,7 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Vec<LockChange> {
         };
         shared.proposals.on_applied(entry.index, Some(&envelope));
         let output = state.execute(&envelope.command);
-        changes.extend(output.locks);
+        changes.extend(output.locks.into_iter().map(|c| (entry.index, c)));
         let response = output.response;
         metrics::counter!("fenced_applied_commands_total").increment(1);
         if shared.proposals.is_mine(&envelope) {

@@ -2,7 +2,12 @@
 //! loop to report that the place was granted or ended.
 //!
 //! The waiter registers *before* it proposes the acquire, so a grant that
-//! commits in the same apply batch as the acquire cannot be missed.
+//! commits in the same apply batch as the acquire cannot be missed. Every
+//! notice carries the raft index of the entry that made the change, because
+//! a notice may be stale: changes are announced after their whole apply
+//! batch, so a client whose release was already answered can register a new
+//! wait in time to receive that release's notice. A waiter ignores notices
+//! from entries at or before its own acquire.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,12 +17,14 @@ use tokio::sync::oneshot;
 use crate::state::LockChange;
 
 type Place = (String, i64);
+/// A registered waiter: its id and where to send (raft index, change).
+type Waiter = (u64, oneshot::Sender<(u64, LockChange)>);
 
 /// Who waits on which lock place.
 #[derive(Debug, Default)]
 pub struct LockWaits {
     next_id: AtomicU64,
-    waiters: DashMap<Place, Vec<(u64, oneshot::Sender<LockChange>)>>,
+    waiters: DashMap<Place, Vec<Waiter>>,
 }
 
 /// A registered wait; dropping it unregisters.
@@ -26,8 +33,8 @@ pub struct LockWait<'a> {
     waits: &'a LockWaits,
     place: Place,
     id: u64,
-    /// Fires with the first change to the place.
-    pub changed: oneshot::Receiver<LockChange>,
+    /// Fires with the first change to the place: (raft index, change).
+    pub changed: oneshot::Receiver<(u64, LockChange)>,
 }
 
 impl LockWaits {
@@ -48,8 +55,9 @@ impl LockWaits {
         }
     }
 
-    /// Wakes whoever waits on the place `change` is about.
-    pub fn notify(&self, change: &LockChange) {
+    /// Wakes whoever waits on the place `change` (applied at raft `index`)
+    /// is about.
+    pub fn notify(&self, index: u64, change: &LockChange) {
         let place = match change {
             LockChange::Granted { name, lease, .. } | LockChange::Left { name, lease, .. } => {
                 (name.clone(), *lease)
@@ -57,7 +65,7 @@ impl LockWaits {
         };
         if let Some((_, waiters)) = self.waiters.remove(&place) {
             for (_, tx) in waiters {
-                let _ = tx.send(change.clone());
+                let _ = tx.send((index, change.clone()));
             }
         }
     }

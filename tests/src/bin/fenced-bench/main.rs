@@ -4,10 +4,13 @@
 //! ```text
 //! fenced-bench --target fenced|etcd --endpoints a,b,c WORKLOAD [--clients N]
 //!              [--duration S | --total N] [-o json]
+//!     WORKLOAD: put [--keys N] [--value-size B] | lock [--locks N]
 //! ```
 //!
 //! Closed loop: each client issues its next request when the previous one is
 //! answered. Latencies go into an hdrhistogram per client, merged at the end.
+//! For `lock` one operation is one acquire + release cycle of a lock shared
+//! with the other clients mapped to it, and its latency is the whole cycle.
 
 mod target;
 
@@ -19,7 +22,13 @@ use hdrhistogram::Histogram;
 use rand::Rng;
 use serde::Serialize;
 
-use crate::target::Target;
+use crate::target::{Locker, Target};
+
+/// TTL of the one lease each `lock` client grants. Not kept alive on either
+/// system: a run must end well before it expires.
+const LOCK_LEASE_TTL_SECS: i64 = 120;
+/// Longest a `lock` run may last with leases of [`LOCK_LEASE_TTL_SECS`].
+const MAX_LOCK_RUN: Duration = Duration::from_secs(100);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +90,13 @@ enum Workload {
         #[arg(long, default_value_t = 256)]
         value_size: usize,
     },
+    /// Acquire + release cycles: client i loops on lock `bench-lock-{i %
+    /// locks}` (blocking, FIFO) with its own lease.
+    Lock {
+        /// Distinct locks the clients are spread over.
+        #[arg(long, default_value_t = 1)]
+        locks: usize,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -88,6 +104,9 @@ struct Summary {
     workload: &'static str,
     target: TargetKind,
     clients: usize,
+    /// Distinct locks (`lock` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locks: Option<usize>,
     ops: u64,
     errors: u64,
     seconds: f64,
@@ -114,22 +133,30 @@ async fn main() -> anyhow::Result<()> {
         0 => args.clients.min(16),
         n => n,
     };
+    if args.endpoints.is_empty() {
+        bail!("--endpoints must name at least one endpoint");
+    }
     let mut targets = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        targets.push(Target::connect(args.target, &args.endpoints).await?);
+    for i in 0..conns {
+        targets.push(Target::connect(args.target, &args.endpoints, i).await?);
     }
     let summary = match args.workload.clone() {
         Workload::Put { keys, value_size } => {
             run_put(&args, &targets, stop, keys, value_size).await?
         }
+        Workload::Lock { locks } => run_lock(&args, &targets, stop, locks).await?,
     };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string(&summary)?),
         Output::Simple => println!(
-            "{} target={:?} clients={} ops={} errors={} time={:.1}s ops/s={:.0} p50={:.2}ms p99={:.2}ms p999={:.2}ms",
+            "{} target={:?} clients={}{} ops={} errors={} time={:.1}s ops/s={:.0} p50={:.2}ms p99={:.2}ms p999={:.2}ms",
             summary.workload,
             summary.target,
             summary.clients,
+            summary
+                .locks
+                .map(|n| format!(" locks={n}"))
+                .unwrap_or_default(),
             summary.ops,
             summary.errors,
             summary.seconds,
@@ -202,6 +229,104 @@ async fn run_put(
     Ok(summarize("put", args, hist, errors, started.elapsed()))
 }
 
+async fn run_lock(
+    args: &Args,
+    targets: &[Target],
+    stop: Stop,
+    locks: usize,
+) -> anyhow::Result<Summary> {
+    if locks == 0 {
+        bail!("--locks must be at least 1");
+    }
+    if let Stop::After(d) = stop
+        && d > MAX_LOCK_RUN
+    {
+        bail!(
+            "the lock workload's leases ({LOCK_LEASE_TTL_SECS} s TTL) are not kept alive; \
+             use --duration of at most {} s",
+            MAX_LOCK_RUN.as_secs()
+        );
+    }
+    // Every client grants its lease first, over its own connection; this
+    // also warms up the connections, so neither is measured.
+    let lockers: Vec<Locker> = futures::future::try_join_all(
+        (0..args.clients).map(|i| targets[i % targets.len()].locker(LOCK_LEASE_TTL_SECS)),
+    )
+    .await
+    .context("granting the clients' leases")?;
+    let started = Instant::now();
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(args.clients);
+    for (i, mut locker) in lockers.into_iter().enumerate() {
+        let issued = issued.clone();
+        let name = format!("bench-lock-{}", i % locks);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_histogram();
+            let mut errors = 0u64;
+            let mut first_error = None;
+            let mut cut_short = false;
+            loop {
+                let more = match stop {
+                    Stop::After(d) => started.elapsed() < d,
+                    Stop::Total(n) => {
+                        cut_short = started.elapsed() >= MAX_LOCK_RUN;
+                        !cut_short && issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n
+                    }
+                };
+                if !more {
+                    break;
+                }
+                let t = Instant::now();
+                let cycle = match locker.acquire(&name).await {
+                    Ok(held) => locker.release(held).await.context("release"),
+                    Err(err) => Err(err.context("acquire")),
+                };
+                match cycle {
+                    Ok(()) => {
+                        let _ = hist.record(t.elapsed().as_micros() as u64);
+                    }
+                    Err(err) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{err:#}"));
+                    }
+                }
+            }
+            (hist, errors, first_error, cut_short, locker)
+        }));
+    }
+    let mut hist = new_histogram();
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut cut_short = false;
+    let mut lockers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (h, e, first, short, locker) = task.await?;
+        hist.add(&h).context("merging histograms")?;
+        errors += e;
+        first_error = first_error.or(first);
+        cut_short |= short;
+        lockers.push(locker);
+    }
+    let elapsed = started.elapsed();
+    if let Some(err) = first_error {
+        eprintln!("fenced-bench: {errors} failed cycles; the first: {err}");
+    }
+    if cut_short {
+        eprintln!(
+            "fenced-bench: stopped after {} s, before --total was reached: the leases are not kept alive",
+            MAX_LOCK_RUN.as_secs()
+        );
+    }
+    // Revoke the leases so they do not expire during a later run. Not timed.
+    let revoked = futures::future::join_all(lockers.into_iter().map(Locker::revoke)).await;
+    if let Some(Err(err)) = revoked.into_iter().find(Result::is_err) {
+        eprintln!("fenced-bench: revoking a lease failed: {err:#}");
+    }
+    let mut summary = summarize("lock", args, hist, errors, elapsed);
+    summary.locks = Some(locks);
+    Ok(summary)
+}
+
 fn new_histogram() -> Histogram<u64> {
     // 1 µs .. 60 s at 3 significant digits; cannot fail for these bounds.
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap())
@@ -219,6 +344,7 @@ fn summarize(
         workload,
         target: args.target,
         clients: args.clients,
+        locks: None,
         ops: hist.len(),
         errors,
         seconds,

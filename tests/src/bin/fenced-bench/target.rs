@@ -1,47 +1,84 @@
 //! The systems under test behind one interface, so both see the same
 //! workload shape through comparable gRPC clients.
 
+use std::time::Duration;
+
+use anyhow::Context;
+use fenced_client::pb;
+use fenced_client::pb::lease_client::LeaseClient;
+use fenced_client::pb::lock_client::LockClient;
+use tonic::transport::{Channel, Endpoint};
+
 use crate::TargetKind;
 
-/// A connected client of one system. Cheap to clone (shares connections).
+/// Longest a single lock call (acquire, release, grant, revoke) may take
+/// before it counts as an error. Only a safety net: a closed-loop run with
+/// every waiter releasing promptly never comes near it.
+const LOCK_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One connection to one system. Cheap to clone (shares the connection).
 #[derive(Clone)]
 pub(crate) enum Target {
-    /// fenced through fenced-client.
-    Fenced(fenced_client::Client),
-    /// etcd through the etcd-client crate.
+    /// fenced: fenced-client for `put`, and one raw gRPC channel to a single
+    /// member for `lock` (the generated stubs, not fenced-client's lock API).
+    Fenced {
+        client: fenced_client::Client,
+        channel: Channel,
+    },
+    /// etcd through the etcd-client crate (balances over all endpoints).
+    /// Boxed: it holds every etcd service client.
     #[cfg(feature = "etcd")]
-    Etcd(etcd_client::KvClient),
+    Etcd(Box<etcd_client::Client>),
 }
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Fenced(c) => f.debug_tuple("Fenced").field(c).finish(),
+            Target::Fenced { client, .. } => f.debug_tuple("Fenced").field(client).finish(),
             #[cfg(feature = "etcd")]
             Target::Etcd(_) => f.write_str("Etcd"),
         }
     }
 }
 
+/// `host:port` or `http://host:port` as a URL.
+fn url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
 impl Target {
-    /// Connects to `endpoints` of the given system.
-    pub(crate) async fn connect(kind: TargetKind, endpoints: &[String]) -> anyhow::Result<Self> {
+    /// Opens connection number `index` to `endpoints` of the given system.
+    /// For fenced, connection `index` talks to `endpoints[index % len]`, so
+    /// the connections are spread over the members.
+    pub(crate) async fn connect(
+        kind: TargetKind,
+        endpoints: &[String],
+        index: usize,
+    ) -> anyhow::Result<Self> {
         match kind {
-            TargetKind::Fenced => Ok(Target::Fenced(fenced_client::Client::new(endpoints)?)),
+            TargetKind::Fenced => {
+                let member = endpoints
+                    .get(index % endpoints.len().max(1))
+                    .context("no endpoints given")?;
+                let channel = Endpoint::from_shared(url(member))
+                    .with_context(|| format!("endpoint {member:?}"))?
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                Ok(Target::Fenced {
+                    client: fenced_client::Client::new(endpoints)?,
+                    channel,
+                })
+            }
             #[cfg(feature = "etcd")]
             TargetKind::Etcd => {
-                let urls: Vec<String> = endpoints
-                    .iter()
-                    .map(|e| {
-                        if e.contains("://") {
-                            e.clone()
-                        } else {
-                            format!("http://{e}")
-                        }
-                    })
-                    .collect();
+                let urls: Vec<String> = endpoints.iter().map(|e| url(e)).collect();
                 let client = etcd_client::Client::connect(urls, None).await?;
-                Ok(Target::Etcd(client.kv_client()))
+                Ok(Target::Etcd(Box::new(client)))
             }
             #[cfg(not(feature = "etcd"))]
             TargetKind::Etcd => anyhow::bail!(
@@ -54,14 +91,156 @@ impl Target {
     /// Writes one key.
     pub(crate) async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Target::Fenced(c) => {
-                c.put(key, value).await?;
+            Target::Fenced { client, .. } => {
+                client.put(key, value).await?;
             }
             #[cfg(feature = "etcd")]
             Target::Etcd(c) => {
-                c.clone().put(key, value, None).await?;
+                c.kv_client().put(key, value, None).await?;
             }
         }
         Ok(())
+    }
+
+    /// Grants a lease of `ttl` seconds on this connection and returns a
+    /// locker that acquires with it.
+    pub(crate) async fn locker(&self, ttl: i64) -> anyhow::Result<Locker> {
+        match self {
+            Target::Fenced { channel, .. } => {
+                let mut lease = LeaseClient::new(channel.clone());
+                let granted = timed(lease.grant(pb::LeaseGrantRequest { ttl, id: 0 }))
+                    .await
+                    .context("lease grant")?
+                    .into_inner();
+                Ok(Locker::Fenced {
+                    lock: LockClient::new(channel.clone()),
+                    lease,
+                    id: granted.id,
+                })
+            }
+            #[cfg(feature = "etcd")]
+            Target::Etcd(c) => {
+                let mut lease = c.lease_client();
+                let granted = timed(lease.grant(ttl, None)).await.context("lease grant")?;
+                Ok(Locker::Etcd {
+                    lock: c.lock_client(),
+                    lease: Box::new(lease),
+                    id: granted.id(),
+                })
+            }
+        }
+    }
+}
+
+/// One benchmark client's lease and lock stubs.
+pub(crate) enum Locker {
+    Fenced {
+        lock: LockClient<Channel>,
+        lease: LeaseClient<Channel>,
+        id: i64,
+    },
+    #[cfg(feature = "etcd")]
+    Etcd {
+        lock: etcd_client::LockClient,
+        /// Boxed: only revoking uses it.
+        lease: Box<etcd_client::LeaseClient>,
+        id: i64,
+    },
+}
+
+impl std::fmt::Debug for Locker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Locker::Fenced { id, .. } => f.debug_struct("Fenced").field("lease", id).finish(),
+            #[cfg(feature = "etcd")]
+            Locker::Etcd { id, .. } => f.debug_struct("Etcd").field("lease", id).finish(),
+        }
+    }
+}
+
+/// A granted lock, with what its release needs.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// fenced releases by name, token and lease.
+    Fenced { name: String, token: i64 },
+    /// etcd releases by the lock's key (`name/<lease id in hex>`).
+    #[cfg(feature = "etcd")]
+    Etcd { key: Vec<u8> },
+}
+
+impl Locker {
+    /// Acquires lock `name` with this locker's lease, waiting in FIFO order
+    /// behind its current holder and earlier waiters.
+    pub(crate) async fn acquire(&mut self, name: &str) -> anyhow::Result<Held> {
+        match self {
+            Locker::Fenced { lock, id, .. } => {
+                let request = pb::AcquireRequest {
+                    name: name.to_owned(),
+                    lease: *id,
+                    ..Default::default()
+                };
+                let granted = timed(lock.acquire(request)).await?.into_inner();
+                Ok(Held::Fenced {
+                    name: name.to_owned(),
+                    token: granted.token,
+                })
+            }
+            #[cfg(feature = "etcd")]
+            Locker::Etcd { lock, id, .. } => {
+                let options = etcd_client::LockOptions::new().with_lease(*id);
+                let granted = timed(lock.lock(name, Some(options))).await?;
+                Ok(Held::Etcd {
+                    key: granted.key().to_vec(),
+                })
+            }
+        }
+    }
+
+    /// Releases `held`, granting the lock to the next waiter.
+    pub(crate) async fn release(&mut self, held: Held) -> anyhow::Result<()> {
+        match (self, held) {
+            (Locker::Fenced { lock, id, .. }, Held::Fenced { name, token }) => {
+                let request = pb::ReleaseRequest {
+                    name,
+                    token,
+                    lease: *id,
+                };
+                timed(lock.release(request)).await?;
+            }
+            #[cfg(feature = "etcd")]
+            (Locker::Etcd { lock, .. }, Held::Etcd { key }) => {
+                timed(lock.unlock(key)).await?;
+            }
+            #[cfg(feature = "etcd")]
+            _ => anyhow::bail!("a lock held on one system released on the other"),
+        }
+        Ok(())
+    }
+
+    /// Revokes the lease, so it does not expire (and cost the cluster work)
+    /// during a later run.
+    pub(crate) async fn revoke(mut self) -> anyhow::Result<()> {
+        match &mut self {
+            Locker::Fenced { lease, id, .. } => {
+                timed(lease.revoke(pb::LeaseRevokeRequest { id: *id })).await?;
+            }
+            #[cfg(feature = "etcd")]
+            Locker::Etcd { lease, id, .. } => {
+                timed(lease.revoke(*id)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `call` bounded by [`LOCK_CALL_TIMEOUT`]; dropping a timed-out call
+/// cancels it on the server (which removes a queued acquire).
+async fn timed<T, E>(call: impl Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(LOCK_CALL_TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("no answer within {LOCK_CALL_TIMEOUT:?}"),
     }
 }
