@@ -81,6 +81,17 @@ pub struct Config {
     #[arg(long, default_value_t = 24 * 3600)]
     pub max_lease_ttl: i64,
 
+    /// Revisions of applied events each member keeps for watches that start
+    /// in the past (and for resuming a watch after a reconnect). Memory grows
+    /// with it: every retained event holds its key and value.
+    #[arg(long, default_value_t = 10_000)]
+    pub watch_history: usize,
+
+    /// How often a watch created with `progress_notify` gets a progress
+    /// response, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub watch_progress_interval_ms: u64,
+
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     #[arg(long, default_value = "info,fjall=warn,lsm_tree=warn")]
     pub log: String,
@@ -105,6 +116,16 @@ impl Config {
                 "--election-ticks ({}) must be greater than --heartbeat-ticks ({}), which must be at least 1",
                 self.election_ticks, self.heartbeat_ticks
             )));
+        }
+        if self.watch_history == 0 {
+            return Err(ConfigError(
+                "--watch-history must be at least 1 revision".into(),
+            ));
+        }
+        if self.watch_progress_interval_ms == 0 {
+            return Err(ConfigError(
+                "--watch-progress-interval-ms must be at least 1".into(),
+            ));
         }
         if self.listen == self.peer_listen {
             return Err(ConfigError(format!(

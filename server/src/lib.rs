@@ -13,6 +13,9 @@
 //! - [`state`]: the deterministic state machine (no IO, no clock).
 //! - [`lessor`]: the leader's clock for leases and lock-delays; proposes
 //!   expiries through the log.
+//! - [`watch`]: the history window of applied events and the fan-out thread
+//!   that feeds watchers (and election observers) without ever blocking the
+//!   apply loop.
 //! - [`api`]: one tonic service per file; validation and conversion at the edge.
 //! - [`http`]: `/metrics` and `/health` beside gRPC on the client address.
 //! - [`server`]: wires it all together and runs until SIGTERM.
@@ -24,3 +27,4 @@ pub mod lessor;
 pub mod node;
 pub mod server;
 pub mod state;
+pub mod watch;

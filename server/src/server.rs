@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use fenced_proto::pb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    lock_server::LockServer, peer_server::PeerServer,
+    cluster_server::ClusterServer, election_server::ElectionServer, kv_server::KvServer,
+    lease_server::LeaseServer, lock_server::LockServer, peer_server::PeerServer,
+    watch_server::WatchServer,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -15,7 +16,8 @@ use tokio::sync::watch;
 
 use crate::api::lease::{LeaseService, TtlBounds};
 use crate::api::{
-    Limits, cluster::ClusterService, kv::KvService, lock::LockService, peer::PeerService,
+    Limits, cluster::ClusterService, election::ElectionService, kv::KvService, lock::LockService,
+    peer::PeerService, watch::WatchService,
 };
 use crate::config::Config;
 use crate::lessor::Lessor;
@@ -82,6 +84,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ttl_bounds,
     )))
     .add_service(LockServer::new(LockService::new(node.clone())))
+    .add_service(ElectionServer::new(ElectionService::new(node.clone())))
+    .add_service(WatchServer::new(WatchService::new(node.clone(), limits)))
     .add_service(ClusterServer::new(ClusterService::new(
         node.clone(),
         started.peers.clone(),

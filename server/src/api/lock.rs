@@ -18,8 +18,8 @@ use crate::api::lease::unexpected;
 use crate::api::{client_timeout, header};
 use crate::node::{Node, NodeError};
 use crate::state::{
-    AcquireCommand, AcquireOutcome, CancelOutcome, Command, Grant, Holder, LeaveReason, LockChange,
-    LockMode, Response as Applied,
+    AcquireCommand, AcquireOutcome, CancelOutcome, Command, ELECTION_MARK, Grant, Holder,
+    LeaveReason, LockChange, LockMode, Response as Applied,
 };
 
 /// Longest lock-delay a client may ask for (Consul's limit too).
@@ -151,57 +151,189 @@ impl LockService {
             holders: grant.holders.iter().map(holder_to_pb).collect(),
         }
     }
+}
 
-    /// The grant of `lease` in lock `name` as the applied state shows it now
-    /// (the holder list may have moved on since the grant itself).
-    fn current_grant(&self, name: &str, token: i64, key: Vec<u8>) -> Grant {
-        let state = self.node.state();
-        let holders = state
-            .locks()
-            .get(name)
-            .map(|lock| lock.holders.clone())
-            .unwrap_or_default();
-        Grant {
-            token,
-            key,
-            holders,
-        }
+/// How a lock-table name reads in a message: elections (`#NAME`) say so.
+fn display_name(name: &str) -> String {
+    match name.strip_prefix(ELECTION_MARK) {
+        Some(election) => format!("election {election:?}"),
+        None => format!("lock {name:?}"),
     }
+}
 
-    /// Removes the place after a wait ran out; answers the grant instead if
-    /// it won the race.
-    async fn give_up(
-        &self,
-        cmd: &AcquireCommand,
-        waited: Duration,
-        guard: &mut CancelOnDrop,
-    ) -> Result<Response<pb::AcquireResponse>, Status> {
-        let cancel = Command::LockCancel {
-            name: cmd.name.clone(),
-            lease: cmd.lease,
-        };
-        let deadline = self.node.deadline(None);
-        let applied = self.node.propose(cancel, deadline).await;
-        let what = format!(
-            "lock {:?} was not granted within {} ms",
-            cmd.name,
-            waited.as_millis()
-        );
-        match applied {
-            Ok(applied) => {
-                guard.armed = false;
-                match applied.response {
-                    Applied::LockCancel(CancelOutcome::Held(grant)) => {
-                        Ok(Response::new(self.grant_response(grant, applied.revision)))
-                    }
-                    _ => Err(Status::deadline_exceeded(format!(
-                        "{what}; the queue place was removed"
-                    ))),
-                }
+/// The grant of `lease` in lock `name` as the applied state shows it now
+/// (the holder list may have moved on since the grant itself).
+fn current_grant(node: &Node, name: &str, token: i64, key: Vec<u8>) -> Grant {
+    let state = node.state();
+    let holders = state
+        .locks()
+        .get(name)
+        .map(|lock| lock.holders.clone())
+        .unwrap_or_default();
+    Grant {
+        token,
+        key,
+        holders,
+    }
+}
+
+/// Removes the place after a wait ran out; answers the grant instead if it
+/// won the race.
+async fn give_up(
+    node: &Node,
+    cmd: &AcquireCommand,
+    waited: Duration,
+    guard: &mut CancelOnDrop,
+) -> Result<(Grant, i64), Status> {
+    let cancel = Command::LockCancel {
+        name: cmd.name.clone(),
+        lease: cmd.lease,
+    };
+    let applied = node.propose(cancel, node.deadline(None)).await;
+    let what = format!(
+        "{} was not granted within {} ms",
+        display_name(&cmd.name),
+        waited.as_millis()
+    );
+    match applied {
+        Ok(applied) => {
+            guard.armed = false;
+            match applied.response {
+                Applied::LockCancel(CancelOutcome::Held(grant)) => Ok((grant, applied.revision)),
+                _ => Err(Status::deadline_exceeded(format!(
+                    "{what}; the queue place was removed"
+                ))),
             }
-            Err(err) => Err(Status::deadline_exceeded(format!(
-                "{what}; removing the queue place failed ({err}), it ends with the lease"
-            ))),
+        }
+        Err(err) => Err(Status::deadline_exceeded(format!(
+            "{what}; removing the queue place failed ({err}), it ends with the lease"
+        ))),
+    }
+}
+
+/// Proposes `propose` (an acquire or a campaign for the place `cmd`
+/// describes) and waits until the place is granted: the grant and the
+/// revision to answer at. The wait ends at `wait_timeout_ms` (0: none) or
+/// shortly before the call's own deadline, whichever comes first; then the
+/// place is removed and the answer is DEADLINE_EXCEEDED. A caller that goes
+/// away while waiting also removes its place.
+pub(crate) async fn wait_for_grant(
+    node: &Node,
+    cmd: &AcquireCommand,
+    propose: Command,
+    wait_timeout_ms: i64,
+    call_timeout: Option<Duration>,
+) -> Result<(Grant, i64), Status> {
+    let started = Instant::now();
+    let wait_end = [
+        (wait_timeout_ms > 0).then(|| started + Duration::from_millis(wait_timeout_ms as u64)),
+        call_timeout.map(|t| started + t.saturating_sub(CANCEL_MARGIN)),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let mut guard = CancelOnDrop {
+        node: node.clone(),
+        name: cmd.name.clone(),
+        lease: cmd.lease,
+        armed: false,
+    };
+    loop {
+        let mut wait = node.lock_waits().register(&cmd.name, cmd.lease);
+        let propose_deadline = match wait_end {
+            Some(end) => node.deadline(call_timeout).min(end.max(Instant::now())),
+            None => node.deadline(None),
+        };
+        let applied = node.propose(propose.clone(), propose_deadline).await;
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(NodeError::DeadlineExceeded(_)) if wait_end.is_some() => {
+                // The acquire may or may not have queued: remove it.
+                return give_up(node, cmd, started.elapsed(), &mut guard).await;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let key = match applied.response {
+            Applied::LockAcquire(AcquireOutcome::Granted(grant)) => {
+                return Ok((grant, applied.revision));
+            }
+            Applied::LockAcquire(AcquireOutcome::Queued { key, .. }) => key,
+            Applied::Error(err) => return Err(err.into()),
+            other => return Err(unexpected(&other)),
+        };
+        guard.armed = true;
+        if cmd.try_only {
+            // The lease already had a place in the queue (an earlier
+            // acquire): a try does not wait, and leaves no place behind.
+            return give_up(node, cmd, started.elapsed(), &mut guard).await;
+        }
+        let acquired_at = applied.index;
+        let changed = loop {
+            let received = match wait_end {
+                Some(end) => match tokio::time::timeout_at(end, &mut wait.changed).await {
+                    Ok(received) => received,
+                    Err(_) => return give_up(node, cmd, started.elapsed(), &mut guard).await,
+                },
+                None => (&mut wait.changed).await,
+            };
+            let Ok((index, change)) = received else {
+                return Err(Status::unavailable("member is shutting down"));
+            };
+            if index > acquired_at {
+                break Some(change);
+            }
+            // A late notice about an earlier place of this lease (say its
+            // previous release): wait again, and look at the state in case
+            // the real change came in between.
+            wait = node.lock_waits().register(&cmd.name, cmd.lease);
+            let state = node.state();
+            let Some(lock) = state.locks().get(&cmd.name) else {
+                break None;
+            };
+            if let Some(holder) = lock.holders.iter().find(|h| h.lease == cmd.lease) {
+                break Some(LockChange::Granted {
+                    name: cmd.name.clone(),
+                    lease: cmd.lease,
+                    token: holder.token,
+                });
+            }
+            if !lock.waiters.iter().any(|w| w.lease == cmd.lease) {
+                break None;
+            }
+        };
+        guard.armed = false;
+        match changed {
+            Some(LockChange::Granted { token, .. }) => {
+                let revision = node.state().revision();
+                return Ok((current_grant(node, &cmd.name, token, key), revision));
+            }
+            // The place is gone while the lease lives: another call with the
+            // same lease gave it up (a retried acquire whose first attempt
+            // timed out). Queue again.
+            Some(LockChange::Left {
+                reason: LeaveReason::Cancelled,
+                ..
+            }) => continue,
+            None if node.state().leases().contains(cmd.lease) => continue,
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "lease {} ended while waiting for {}; its queue place is gone",
+                    cmd.lease,
+                    display_name(&cmd.name)
+                )));
+            }
+            Some(LockChange::Left { reason, .. }) => {
+                let why = match reason {
+                    LeaveReason::LeaseExpired => "expired",
+                    LeaveReason::LeaseRevoked => "was revoked",
+                    LeaveReason::Released | LeaveReason::Cancelled => "ended",
+                };
+                return Err(Status::failed_precondition(format!(
+                    "lease {} {why} while waiting for {}; its queue place is gone",
+                    cmd.lease,
+                    display_name(&cmd.name)
+                )));
+            }
         }
     }
 }
@@ -212,129 +344,18 @@ impl Lock for LockService {
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
-        let started = Instant::now();
         let call_timeout = client_timeout(&request);
         let req = request.into_inner();
         let cmd = acquire_command(&req)?;
-        // The wait ends at the wait timeout or shortly before the call's
-        // own deadline, whichever comes first; neither means no end.
-        let wait_end = [
-            (req.wait_timeout_ms > 0)
-                .then(|| started + Duration::from_millis(req.wait_timeout_ms as u64)),
-            call_timeout.map(|t| started + t.saturating_sub(CANCEL_MARGIN)),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let mut guard = CancelOnDrop {
-            node: self.node.clone(),
-            name: cmd.name.clone(),
-            lease: cmd.lease,
-            armed: false,
-        };
-        loop {
-            let mut wait = self.node.lock_waits().register(&cmd.name, cmd.lease);
-            let propose_deadline = match wait_end {
-                Some(end) => self
-                    .node
-                    .deadline(call_timeout)
-                    .min(end.max(Instant::now())),
-                None => self.node.deadline(None),
-            };
-            let applied = self
-                .node
-                .propose(Command::LockAcquire(cmd.clone()), propose_deadline)
-                .await;
-            let applied = match applied {
-                Ok(applied) => applied,
-                Err(NodeError::DeadlineExceeded(_)) if wait_end.is_some() => {
-                    // The acquire may or may not have queued: remove it.
-                    return self.give_up(&cmd, started.elapsed(), &mut guard).await;
-                }
-                Err(err) => return Err(err.into()),
-            };
-            let key = match applied.response {
-                Applied::LockAcquire(AcquireOutcome::Granted(grant)) => {
-                    return Ok(Response::new(self.grant_response(grant, applied.revision)));
-                }
-                Applied::LockAcquire(AcquireOutcome::Queued { key, .. }) => key,
-                Applied::Error(err) => return Err(err.into()),
-                other => return Err(unexpected(&other)),
-            };
-            guard.armed = true;
-            if cmd.try_only {
-                // The lease already had a place in the queue (an earlier
-                // acquire): a try does not wait, and leaves no place behind.
-                return self.give_up(&cmd, started.elapsed(), &mut guard).await;
-            }
-            let acquired_at = applied.index;
-            let changed = loop {
-                let received = match wait_end {
-                    Some(end) => match tokio::time::timeout_at(end, &mut wait.changed).await {
-                        Ok(received) => received,
-                        Err(_) => return self.give_up(&cmd, started.elapsed(), &mut guard).await,
-                    },
-                    None => (&mut wait.changed).await,
-                };
-                let Ok((index, change)) = received else {
-                    return Err(Status::unavailable("member is shutting down"));
-                };
-                if index > acquired_at {
-                    break Some(change);
-                }
-                // A late notice about an earlier place of this lease (say its
-                // previous release): wait again, and look at the state in
-                // case the real change came in between.
-                wait = self.node.lock_waits().register(&cmd.name, cmd.lease);
-                let state = self.node.state();
-                let Some(lock) = state.locks().get(&cmd.name) else {
-                    break None;
-                };
-                if let Some(holder) = lock.holders.iter().find(|h| h.lease == cmd.lease) {
-                    break Some(LockChange::Granted {
-                        name: cmd.name.clone(),
-                        lease: cmd.lease,
-                        token: holder.token,
-                    });
-                }
-                if !lock.waiters.iter().any(|w| w.lease == cmd.lease) {
-                    break None;
-                }
-            };
-            guard.armed = false;
-            match changed {
-                Some(LockChange::Granted { token, .. }) => {
-                    let revision = self.node.state().revision();
-                    let grant = self.current_grant(&cmd.name, token, key);
-                    return Ok(Response::new(self.grant_response(grant, revision)));
-                }
-                // The place is gone while the lease lives: another call with
-                // the same lease gave it up (a retried acquire whose first
-                // attempt timed out). Queue again.
-                Some(LockChange::Left {
-                    reason: LeaveReason::Cancelled,
-                    ..
-                }) => continue,
-                None if self.node.state().leases().contains(cmd.lease) => continue,
-                None => {
-                    return Err(Status::failed_precondition(format!(
-                        "lease {} ended while waiting for lock {:?}; its queue place is gone",
-                        cmd.lease, cmd.name
-                    )));
-                }
-                Some(LockChange::Left { reason, .. }) => {
-                    let why = match reason {
-                        LeaveReason::LeaseExpired => "expired",
-                        LeaveReason::LeaseRevoked => "was revoked",
-                        LeaveReason::Released | LeaveReason::Cancelled => "ended",
-                    };
-                    return Err(Status::failed_precondition(format!(
-                        "lease {} {why} while waiting for lock {:?}; its queue place is gone",
-                        cmd.lease, cmd.name
-                    )));
-                }
-            }
-        }
+        let (grant, revision) = wait_for_grant(
+            &self.node,
+            &cmd,
+            Command::LockAcquire(cmd.clone()),
+            req.wait_timeout_ms,
+            call_timeout,
+        )
+        .await?;
+        Ok(Response::new(self.grant_response(grant, revision)))
     }
 
     async fn release(

@@ -6,10 +6,12 @@
 
 pub mod cluster;
 pub mod convert;
+pub mod election;
 pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod peer;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -54,7 +56,9 @@ impl From<ApplyError> for Status {
             | ApplyError::LockConflict(_)
             | ApplyError::AmbiguousToken { .. } => Status::invalid_argument(message),
             ApplyError::LockBusy { .. } => Status::deadline_exceeded(message),
-            ApplyError::StaleToken { .. } => Status::failed_precondition(message),
+            ApplyError::StaleToken { .. } | ApplyError::NotLeader { .. } => {
+                Status::failed_precondition(message)
+            }
         }
     }
 }

@@ -29,6 +29,7 @@ pub fn run(shared: Arc<Shared>, tasks: mpsc::Receiver<ApplyTask>) {
         };
         let changes = apply_batch(&shared, &entries);
         shared.applied.send_replace(last);
+        shared.watch.applied();
         for (index, change) in &changes {
             shared.lock_waits.notify(*index, change);
         }
@@ -63,6 +64,9 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> Vec<(u64, LockChange)> {
         };
         shared.proposals.on_applied(entry.index, Some(&envelope));
         let output = state.execute(&envelope.command);
+        if !output.events.is_empty() {
+            shared.watch.append(state.revision(), output.events);
+        }
         changes.extend(output.locks.into_iter().map(|c| (entry.index, c)));
         let response = output.response;
         metrics::counter!("fenced_applied_commands_total").increment(1);

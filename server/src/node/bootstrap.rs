@@ -101,6 +101,11 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         status: RaftStatus::new(config.election_timeout()),
         lock_waits: Default::default(),
         peers: RwLock::new(members.clone()),
+        watch: crate::watch::WatchHub::start(
+            config.watch_history,
+            std::time::Duration::from_millis(config.watch_progress_interval_ms),
+        )
+        .context("cannot start the watch fan-out thread")?,
     });
     let (inbox_tx, inbox_rx) = mpsc::channel::<DriverMsg>();
     let (apply_tx, apply_rx) = mpsc::channel();

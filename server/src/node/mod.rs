@@ -89,6 +89,8 @@ pub struct Shared {
     pub lock_waits: waits::LockWaits,
     /// Peer addresses (id → host:port), this member included.
     pub peers: std::sync::RwLock<std::collections::BTreeMap<u64, String>>,
+    /// The history window and watchers; the apply loop appends to it.
+    pub watch: crate::watch::WatchHub,
 }
 
 /// The handle to a running member's replicated core. Cheap to clone.
@@ -129,6 +131,11 @@ impl Node {
     /// Acquirers waiting on lock places.
     pub fn lock_waits(&self) -> &waits::LockWaits {
         &self.shared.lock_waits
+    }
+
+    /// The watch hub of this member.
+    pub fn watch_hub(&self) -> &crate::watch::WatchHub {
+        &self.shared.watch
     }
 
     /// The peer address of member `id`.

@@ -28,6 +28,15 @@ use super::{ApplyError, Write};
 /// Prefix of every lock key.
 pub const LOCK_PREFIX: &[u8] = b"__fenced/lock/";
 
+/// Prefix of every election candidate key.
+pub const ELECTION_PREFIX: &[u8] = b"__fenced/election/";
+
+/// Elections live in the lock table under their name with this character in
+/// front, which client lock names cannot contain (`api/convert.rs`), so an
+/// election and a lock of the same name never meet. Their keys are under
+/// [`ELECTION_PREFIX`] instead of [`LOCK_PREFIX`].
+pub const ELECTION_MARK: char = '#';
+
 /// How a place holds or wants the lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LockMode {
@@ -203,22 +212,35 @@ pub enum LockChange {
     },
 }
 
-/// The key of `lease`'s place in lock `name`.
+/// The key of `lease`'s place in lock `name` (an election's place when the
+/// name starts with [`ELECTION_MARK`]).
 pub fn lock_key(name: &str, lease: i64) -> Vec<u8> {
-    let mut key = LOCK_PREFIX.to_vec();
-    key.extend_from_slice(name.as_bytes());
+    let mut key = match name.strip_prefix(ELECTION_MARK) {
+        Some(election) => [ELECTION_PREFIX, election.as_bytes()].concat(),
+        None => [LOCK_PREFIX, name.as_bytes()].concat(),
+    };
     key.extend_from_slice(format!("/@{lease:016x}").as_bytes());
     key
 }
 
-/// The lock name and lease of a lock key; `None` for any other key.
-pub fn parse_lock_key(key: &[u8]) -> Option<(&str, i64)> {
-    let rest = key.strip_prefix(LOCK_PREFIX)?;
+/// The lock-table name and lease of a lock or election key; `None` for any
+/// other key.
+pub fn parse_lock_key(key: &[u8]) -> Option<(String, i64)> {
+    let (election, rest) = match key.strip_prefix(LOCK_PREFIX) {
+        Some(rest) => (false, rest),
+        None => (true, key.strip_prefix(ELECTION_PREFIX)?),
+    };
     let at = rest.len().checked_sub(18)?;
     let (name, tail) = rest.split_at(at);
     let hex = tail.strip_prefix(b"/@")?;
     let lease = i64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-    Some((std::str::from_utf8(name).ok()?, lease))
+    let name = std::str::from_utf8(name).ok()?;
+    let name = if election {
+        format!("{ELECTION_MARK}{name}")
+    } else {
+        name.to_string()
+    };
+    Some((name, lease))
 }
 
 /// Every lock in use, by name.
@@ -266,6 +288,18 @@ impl LockTable {
     pub(super) fn acquire(
         &mut self,
         cmd: &AcquireCommand,
+        leases: &LeaseTable,
+        w: &mut Write<'_>,
+    ) -> Result<AcquireOutcome, ApplyError> {
+        self.acquire_with_value(cmd, &[], leases, w)
+    }
+
+    /// [`LockTable::acquire`], writing `value` into a new place's key (an
+    /// election candidate's value).
+    pub(super) fn acquire_with_value(
+        &mut self,
+        cmd: &AcquireCommand,
+        value: &[u8],
         leases: &LeaseTable,
         w: &mut Write<'_>,
     ) -> Result<AcquireOutcome, ApplyError> {
@@ -321,7 +355,7 @@ impl LockTable {
             });
         }
         let key = lock_key(&cmd.name, cmd.lease);
-        w.put(&key, cmd.lease);
+        w.put_value(&key, value.to_vec(), cmd.lease);
         if grantable {
             lock.holders.push(Holder {
                 lease: cmd.lease,

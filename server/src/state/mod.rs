@@ -9,17 +9,20 @@
 //! **Architecture Invariant:** `apply` never panics, whatever the command
 //! holds: a command that cannot be carried out answers [`Response::Error`].
 
+mod election;
 mod kv;
 mod lease;
 mod lock;
 #[cfg(test)]
 mod tests;
 
+pub use election::{LEADER_PREFIX, Leader, election_lock_name, leader_record_key};
 pub use kv::KvStore;
 pub use lease::{Lease, LeaseTable};
 pub use lock::{
-    AcquireCommand, AcquireOutcome, CancelOutcome, Delay, Grant, Holder, LOCK_PREFIX, LeaveReason,
-    Lock, LockChange, LockMode, LockTable, Waiter, lock_key, parse_lock_key,
+    AcquireCommand, AcquireOutcome, CancelOutcome, Delay, ELECTION_MARK, ELECTION_PREFIX, Grant,
+    Holder, LOCK_PREFIX, LeaveReason, Lock, LockChange, LockMode, LockTable, Waiter, lock_key,
+    parse_lock_key,
 };
 
 /// Keys under this prefix belong to fenced (lock queues, elections): clients
@@ -102,6 +105,36 @@ pub enum Command {
         name: String,
         /// The delay's start revision.
         since: i64,
+    },
+    /// Queue as a candidate of an election, or lead it. Answered like an
+    /// acquire (`Response::LockAcquire`) of the lock-table name `#NAME`.
+    ElectionCampaign {
+        /// Election name (validated at the API edge), without the mark.
+        name: String,
+        /// The candidate's lease.
+        lease: i64,
+        /// The value to publish once elected.
+        value: Vec<u8>,
+    },
+    /// Publish a new value as the leader.
+    ElectionProclaim {
+        /// Election name.
+        name: String,
+        /// The leader's token.
+        token: i64,
+        /// The leader's lease.
+        lease: i64,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Give up leadership; the next candidate leads at the same revision.
+    ElectionResign {
+        /// Election name.
+        name: String,
+        /// The leader's token.
+        token: i64,
+        /// The leader's lease.
+        lease: i64,
     },
 }
 
@@ -252,6 +285,16 @@ pub enum Response {
     LockCancel(CancelOutcome),
     /// Answer to a delay end: whether a delay ended.
     LockDelayEnd(bool),
+    /// A leader published a value.
+    ElectionProclaim {
+        /// Keyspace revision after the command.
+        revision: i64,
+    },
+    /// A leader resigned.
+    ElectionResign {
+        /// Keyspace revision after the command.
+        revision: i64,
+    },
     /// The command could not be carried out; nothing changed.
     Error(ApplyError),
 }
@@ -301,6 +344,16 @@ pub enum ApplyError {
     )]
     StaleToken {
         /// Lock name.
+        name: String,
+        /// The token.
+        token: i64,
+    },
+    /// A proclaim or resign named a leadership that is not current.
+    #[error(
+        "token {token} is not the current leader of election {name:?} (it resigned, its lease ended, or another candidate leads)"
+    )]
+    NotLeader {
+        /// Election name.
         name: String,
         /// The token.
         token: i64,
@@ -437,6 +490,18 @@ impl Write<'_> {
         self.changed = true;
     }
 
+    /// Writes a reserved key with `value`, attached to `lease`.
+    fn put_value(&mut self, key: &[u8], value: Vec<u8>, lease: i64) {
+        let put = PutRequest {
+            key: key.to_vec(),
+            value,
+            lease,
+            prev_kv: false,
+        };
+        self.kv.put_at(&put, self.revision, self.events);
+        self.changed = true;
+    }
+
     /// Deletes one key, reserved or not.
     fn remove(&mut self, key: &[u8]) {
         if self.kv.remove_at(key, self.revision, self.events).is_some() {
@@ -546,6 +611,7 @@ impl StateMachine {
                     LeaveReason::LeaseRevoked,
                     &mut w,
                 );
+                election::publish_leaders(&self.locks, &mut w);
                 w.finish();
                 Response::LeaseRevoke {
                     revision: w.kv.revision(),
@@ -559,6 +625,7 @@ impl StateMachine {
                     LeaveReason::LeaseExpired,
                     &mut w,
                 );
+                election::publish_leaders(&self.locks, &mut w);
                 w.finish();
                 Response::LeaseExpire {
                     revision: w.kv.revision(),
@@ -580,6 +647,7 @@ impl StateMachine {
             }
             Command::LockCancel { name, lease } => {
                 let outcome = self.locks.cancel(name, *lease, &self.leases, &mut w);
+                election::publish_leaders(&self.locks, &mut w);
                 w.finish();
                 Response::LockCancel(outcome)
             }
@@ -587,6 +655,50 @@ impl StateMachine {
                 let ended = self.locks.end_delay(name, *since, &self.leases, &mut w);
                 w.finish();
                 Response::LockDelayEnd(ended)
+            }
+            Command::ElectionCampaign { name, lease, value } => {
+                let cmd = AcquireCommand {
+                    name: election_lock_name(name),
+                    lease: *lease,
+                    mode: LockMode::Exclusive,
+                    permits: 1,
+                    try_only: false,
+                    delay_ms: 0,
+                };
+                let outcome = self
+                    .locks
+                    .acquire_with_value(&cmd, value, &self.leases, &mut w)?;
+                election::publish_leaders(&self.locks, &mut w);
+                w.finish();
+                Response::LockAcquire(outcome)
+            }
+            Command::ElectionProclaim {
+                name,
+                token,
+                lease,
+                value,
+            } => {
+                election::check_leader(&self.locks, name, *token, *lease)?;
+                election::proclaim(name, *lease, value, &mut w);
+                w.finish();
+                Response::ElectionProclaim {
+                    revision: w.kv.revision(),
+                }
+            }
+            Command::ElectionResign { name, token, lease } => {
+                election::check_leader(&self.locks, name, *token, *lease)?;
+                self.locks.release(
+                    &election_lock_name(name),
+                    *token,
+                    *lease,
+                    &self.leases,
+                    &mut w,
+                )?;
+                election::publish_leaders(&self.locks, &mut w);
+                w.finish();
+                Response::ElectionResign {
+                    revision: w.kv.revision(),
+                }
             }
         };
         Ok(response)
@@ -621,6 +733,11 @@ impl StateMachine {
     /// The lock table.
     pub fn locks(&self) -> &LockTable {
         &self.locks
+    }
+
+    /// The current leader of election `name`, if any.
+    pub fn leader(&self, name: &str) -> Option<Leader> {
+        election::leader(&self.locks, &self.kv, name)
     }
 
     /// A digest of the whole state, equal on members that applied the same
@@ -663,8 +780,8 @@ fn end_leases(
         for key in &lease.keys {
             match parse_lock_key(key) {
                 Some((name, owner)) if owner == id => {
-                    if locks.leave(name, id, reason, w) {
-                        touched.insert(name.to_string());
+                    if locks.leave(&name, id, reason, w) {
+                        touched.insert(name);
                     } else {
                         w.remove(key);
                     }

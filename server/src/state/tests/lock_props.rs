@@ -794,6 +794,11 @@ impl Model {
                 })
             }
             Command::LockAcquire(cmd) => self.acquire(cmd, next, changes),
+            Command::ElectionCampaign { .. }
+            | Command::ElectionProclaim { .. }
+            | Command::ElectionResign { .. } => {
+                panic!("the lock model does not generate election commands (see tests/election.rs)")
+            }
             Command::LockRelease { name, token, lease } => {
                 let stale = || ApplyError::StaleToken {
                     name: name.clone(),

@@ -884,15 +884,21 @@ fn lock_keys() {
         lock_key("jobs", 0x2a),
         bytes("__fenced/lock/jobs/@000000000000002a")
     );
+    assert_eq!(
+        lock_key("#db-primary", 0x2a),
+        bytes("__fenced/election/db-primary/@000000000000002a")
+    );
     for (name, lease) in [
         ("jobs", 1),
         ("", 2),
         ("a/b", i64::MAX),
         ("x/@0000000000000001", 3),
+        ("#db-primary", 4),
+        ("#a/b", 5),
     ] {
         assert_eq!(
             parse_lock_key(&lock_key(name, lease)),
-            Some((name, lease)),
+            Some((name.to_string(), lease)),
             "{name:?}"
         );
     }
@@ -903,7 +909,8 @@ fn lock_keys() {
         "__fenced/lock/jobs/@000000000000001",
         "__fenced/lock/jobs/#0000000000000001",
         "__fenced/lock/jobs/@00000000000000zz",
-        "__fenced/election/jobs/@0000000000000001",
+        "__fenced/election/jobs/@000000000000001",
+        "__fenced/leader/jobs",
     ] {
         assert_eq!(parse_lock_key(key.as_bytes()), None, "{key:?}");
     }

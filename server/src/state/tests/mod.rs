@@ -6,6 +6,7 @@
 //! and lock tables), and [`run`] plays a table of [`Step`]s against a fresh
 //! [`StateMachine`], checking [`consistency`] after every step.
 
+mod election;
 mod kv_props;
 mod kv_table;
 mod kv_txn_table;

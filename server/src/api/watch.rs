@@ -1,0 +1,392 @@
+//! The `Watch` service: one bidirectional stream carrying many watches,
+//! served from this member's watch hub (`watch.rs`).
+//!
+//! Each stream runs one task. It reads create / cancel / progress requests,
+//! answers bad ones in-band (a response with `code` set; the stream stays
+//! open for the other watches), and forwards what the hub queued for the
+//! stream. It remembers, per watch, the revision after the last one it
+//! forwarded: when the hub cancels a watch for falling behind, that is where
+//! the client resumes, so nothing is lost and nothing is sent twice.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use fenced_proto::pb::{self, watch_server::Watch};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::api::{Limits, header};
+use crate::node::Node;
+use crate::state::{Event, EventKind};
+use crate::watch::{Control, Ended, HubStream, Outgoing, WatchSpec};
+
+/// Most watches one stream may carry.
+pub const MAX_WATCHES_PER_STREAM: usize = 100_000;
+
+/// Serves the `Watch` service.
+#[derive(Clone, Debug)]
+pub struct WatchService {
+    node: Node,
+    limits: Limits,
+}
+
+impl WatchService {
+    /// A service for `node`, checking keys against `limits`.
+    pub fn new(node: Node, limits: Limits) -> Self {
+        Self { node, limits }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let task = StreamTask {
+            node: self.node.clone(),
+            limits: self.limits,
+            hub: self.node.watch_hub().open(),
+            tx,
+            watches: HashMap::new(),
+            next_id: 1,
+        };
+        tokio::spawn(task.run(inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// What the stream task knows about one of its watches.
+struct WatchState {
+    /// Include previous pairs in events.
+    prev_kv: bool,
+    /// The revision to resume from: one after the last revision forwarded,
+    /// or the start revision before anything was forwarded.
+    resume_from: i64,
+}
+
+struct StreamTask {
+    node: Node,
+    limits: Limits,
+    hub: HubStream,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    watches: HashMap<i64, WatchState>,
+    next_id: i64,
+}
+
+/// Whether the stream goes on.
+type Flow = Result<(), ()>;
+
+impl StreamTask {
+    async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
+        loop {
+            let flow = tokio::select! {
+                biased;
+                control = self.hub.control.recv() => match control {
+                    Some(control) => self.ended(control).await,
+                    None => Err(()),
+                },
+                request = inbound.message() => match request {
+                    Ok(Some(request)) => self.request(request).await,
+                    // The client closed its side, or the connection broke.
+                    Ok(None) | Err(_) => Err(()),
+                },
+                out = self.hub.queue.recv() => match out {
+                    Some(out) => self.forward(out).await,
+                    None => {
+                        self.shutting_down().await;
+                        Err(())
+                    }
+                },
+            };
+            if flow.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn send(&self, response: pb::WatchResponse) -> Flow {
+        self.tx.send(Ok(response)).await.map_err(|_| ())
+    }
+
+    fn response(&self, watch_id: i64, revision: i64) -> pb::WatchResponse {
+        pb::WatchResponse {
+            header: Some(header(&self.node, revision)),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    /// Refuses a request in-band.
+    async fn refuse(&self, watch_id: i64, code: Code, reason: String) -> Flow {
+        let revision = self.node.watch_hub().window().1;
+        let response = pb::WatchResponse {
+            canceled: true,
+            cancel_reason: reason,
+            code: code as i32,
+            ..self.response(watch_id, revision)
+        };
+        self.send(response).await
+    }
+
+    async fn request(&mut self, request: pb::WatchRequest) -> Flow {
+        use pb::watch_request::RequestUnion;
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.watches.remove(&cancel.watch_id).is_none() {
+                    return self
+                        .refuse(
+                            cancel.watch_id,
+                            Code::NotFound,
+                            format!(
+                                "cancel: no watch {} on this stream (already canceled, or never created)",
+                                cancel.watch_id
+                            ),
+                        )
+                        .await;
+                }
+                self.hub.cancel(cancel.watch_id);
+                let revision = self.node.watch_hub().window().1;
+                let response = pb::WatchResponse {
+                    canceled: true,
+                    cancel_reason: "canceled by the client".into(),
+                    ..self.response(cancel.watch_id, revision)
+                };
+                self.send(response).await
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.hub.progress();
+                Ok(())
+            }
+            None => {
+                self.refuse(
+                    0,
+                    Code::InvalidArgument,
+                    "watch request has no create, cancel or progress request".into(),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn create(&mut self, create: pb::WatchCreateRequest) -> Flow {
+        let watch_id = create.watch_id;
+        if let Err(reason) = self.check(&create) {
+            return self.refuse(watch_id, Code::InvalidArgument, reason).await;
+        }
+        let watch_id = if watch_id == 0 {
+            while self.watches.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        } else if self.watches.contains_key(&watch_id) {
+            return self
+                .refuse(
+                    watch_id,
+                    Code::AlreadyExists,
+                    format!("create: watch id {watch_id} is already in use on this stream"),
+                )
+                .await;
+        } else {
+            watch_id
+        };
+        if self.watches.len() >= MAX_WATCHES_PER_STREAM {
+            return self
+                .refuse(
+                    watch_id,
+                    Code::ResourceExhausted,
+                    format!(
+                        "create: this stream already carries {MAX_WATCHES_PER_STREAM} watches, the limit; open another stream"
+                    ),
+                )
+                .await;
+        }
+        let spec = WatchSpec {
+            key: create.key,
+            prefix: create.prefix,
+            no_put: create.no_put,
+            no_delete: create.no_delete,
+            progress_notify: create.progress_notify,
+        };
+        self.watches.insert(
+            watch_id,
+            WatchState {
+                prev_kv: create.prev_kv,
+                resume_from: create.start_revision,
+            },
+        );
+        self.hub.create(watch_id, spec, create.start_revision);
+        Ok(())
+    }
+
+    fn check(&self, create: &pb::WatchCreateRequest) -> Result<(), String> {
+        if create.watch_id < 0 {
+            return Err(format!(
+                "create: watch_id {} is negative (0 lets the server pick)",
+                create.watch_id
+            ));
+        }
+        if create.key.is_empty() && !create.prefix {
+            return Err(
+                "create: key must not be empty for an exact watch (an empty prefix watches every key)"
+                    .into(),
+            );
+        }
+        if create.key.len() > self.limits.max_key_bytes {
+            return Err(format!(
+                "create: key is {} bytes, the limit is {} bytes",
+                create.key.len(),
+                self.limits.max_key_bytes
+            ));
+        }
+        if create.start_revision < 0 {
+            return Err(format!(
+                "create: start_revision {} is negative (0 watches from now on)",
+                create.start_revision
+            ));
+        }
+        if create.no_put && create.no_delete {
+            return Err("create: no_put and no_delete together would select nothing".into());
+        }
+        Ok(())
+    }
+
+    /// Forwards what the hub queued.
+    async fn forward(&mut self, out: Outgoing) -> Flow {
+        match out {
+            Outgoing::Created { watch_id, revision } => {
+                let Some(state) = self.watches.get_mut(&watch_id) else {
+                    return Ok(());
+                };
+                if state.resume_from == 0 {
+                    state.resume_from = revision + 1;
+                }
+                let response = pb::WatchResponse {
+                    created: true,
+                    ..self.response(watch_id, revision)
+                };
+                self.send(response).await
+            }
+            Outgoing::Events {
+                watch_id,
+                revision,
+                events,
+                pick,
+            } => {
+                // A watch canceled since the hub queued this is skipped.
+                let Some(state) = self.watches.get_mut(&watch_id) else {
+                    return Ok(());
+                };
+                state.resume_from = revision + 1;
+                let prev_kv = state.prev_kv;
+                let events: Vec<pb::Event> = match &pick {
+                    Some(pick) => pick
+                        .iter()
+                        .map(|i| event_to_pb(&events[*i as usize], prev_kv))
+                        .collect(),
+                    None => events.iter().map(|e| event_to_pb(e, prev_kv)).collect(),
+                };
+                let response = pb::WatchResponse {
+                    events,
+                    ..self.response(watch_id, revision)
+                };
+                self.send(response).await
+            }
+            Outgoing::Progress { watch_id, revision } => {
+                if watch_id != -1 && !self.watches.contains_key(&watch_id) {
+                    return Ok(());
+                }
+                let response = pb::WatchResponse {
+                    progress: true,
+                    ..self.response(watch_id, revision)
+                };
+                self.send(response).await
+            }
+        }
+    }
+
+    /// The hub ended a watch.
+    async fn ended(&mut self, control: Control) -> Flow {
+        let Some(state) = self.watches.remove(&control.watch_id) else {
+            return Ok(());
+        };
+        let revision = self.node.watch_hub().window().1;
+        let response = match control.ended {
+            Ended::Compacted { oldest } => pb::WatchResponse {
+                canceled: true,
+                compact_revision: oldest,
+                code: Code::OutOfRange as i32,
+                cancel_reason: format!(
+                    "start revision {} is older than the history window, which starts at revision {oldest}",
+                    state.resume_from
+                ),
+                ..self.response(control.watch_id, revision)
+            },
+            Ended::TooSlow => pb::WatchResponse {
+                canceled: true,
+                resume_revision: state.resume_from,
+                code: Code::ResourceExhausted as i32,
+                cancel_reason: format!(
+                    "the watcher fell behind by more than {} queued responses; watch again from revision {}",
+                    crate::watch::STREAM_QUEUE,
+                    state.resume_from
+                ),
+                ..self.response(control.watch_id, revision)
+            },
+        };
+        self.send(response).await
+    }
+
+    /// The hub stopped (the member is shutting down): tell every watch where
+    /// to resume, then end the stream.
+    async fn shutting_down(&mut self) {
+        let revision = self.node.watch_hub().window().1;
+        let watches: Vec<(i64, i64)> = self
+            .watches
+            .iter()
+            .map(|(id, state)| (*id, state.resume_from))
+            .collect();
+        for (watch_id, resume_from) in watches {
+            let response = pb::WatchResponse {
+                canceled: true,
+                resume_revision: resume_from,
+                code: Code::Unavailable as i32,
+                cancel_reason: format!(
+                    "member is shutting down; watch again from revision {resume_from} on another member"
+                ),
+                ..self.response(watch_id, revision)
+            };
+            if self.send(response).await.is_err() {
+                return;
+            }
+        }
+        let _ = self
+            .tx
+            .send(Err(Status::unavailable("member is shutting down")))
+            .await;
+    }
+}
+
+fn event_to_pb(event: &Event, with_prev: bool) -> pb::Event {
+    pb::Event {
+        r#type: match event.kind {
+            EventKind::Put => pb::event::EventType::Put as i32,
+            EventKind::Delete => pb::event::EventType::Delete as i32,
+        },
+        kv: Some(event.kv.clone().into()),
+        prev_kv: if with_prev {
+            event.prev_kv.clone().map(Into::into)
+        } else {
+            None
+        },
+    }
+}

@@ -1,0 +1,245 @@
+//! The watch hub: the history window of applied events and their fan-out to
+//! watchers.
+//!
+//! The apply loop appends each applied command's events to the [`History`]
+//! (one entry per revision) and nudges the hub; that is all it does for
+//! watchers. A dedicated fan-out thread owns every watcher and moves events
+//! from the history into per-stream bounded queues with `try_send`. A
+//! watcher whose queue is full is canceled on the spot, with the revision to
+//! resume from, so **the apply loop and the other watchers never wait for a
+//! slow reader** (invariant 7).
+//!
+//! Watchers come in two groups, as in etcd: *synced* watchers are level with
+//! the head of the history and receive each new revision as it is dispatched,
+//! found through an index by key and by prefix; *unsynced* watchers started
+//! in the past (or in the future) and are caught up from the history, a queue
+//! at a time, until they are level and join the synced group. A start below
+//! the history window is answered with the oldest revision still held.
+//!
+//! The history survives a restart because a restarting member re-applies its
+//! log (until snapshots exist, the whole log); whatever replaces that must
+//! keep the last `--watch-history` revisions watchable.
+
+mod fanout;
+mod history;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::state::{Event, EventKind};
+use fanout::{Fanout, HubMsg};
+pub use history::History;
+
+/// Responses queued per stream before its watchers count as too slow.
+pub const STREAM_QUEUE: usize = 1024;
+
+/// What one watch selects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchSpec {
+    /// The key, or the prefix.
+    pub key: Vec<u8>,
+    /// Match every key starting with `key`.
+    pub prefix: bool,
+    /// Leave out puts.
+    pub no_put: bool,
+    /// Leave out deletes.
+    pub no_delete: bool,
+    /// Send a progress response every progress interval.
+    pub progress_notify: bool,
+}
+
+impl WatchSpec {
+    pub(crate) fn matches(&self, event: &Event) -> bool {
+        let key_matches = if self.prefix {
+            event.kv.key.starts_with(&self.key)
+        } else {
+            event.kv.key == self.key
+        };
+        key_matches
+            && match event.kind {
+                EventKind::Put => !self.no_put,
+                EventKind::Delete => !self.no_delete,
+            }
+    }
+}
+
+/// The events of one revision.
+pub type Revision = Arc<[Event]>;
+
+/// What the hub sends a stream, in order.
+#[derive(Clone, Debug)]
+pub enum Outgoing {
+    /// The watch is registered; events after `revision` (or from its start
+    /// revision) follow.
+    Created {
+        /// The stream's id for the watch.
+        watch_id: i64,
+        /// The head of the history when the watch was registered.
+        revision: i64,
+    },
+    /// The events of one revision that the watch selects (`pick`: indexes
+    /// into `events`; all of them when `None`).
+    Events {
+        /// The watch.
+        watch_id: i64,
+        /// Their revision.
+        revision: i64,
+        /// Every event of the revision.
+        events: Revision,
+        /// Which of them the watch selects.
+        pick: Option<Vec<u32>>,
+    },
+    /// Nothing up to `revision` is left to send (to `watch_id`, or to every
+    /// watch of the stream when it is -1).
+    Progress {
+        /// The watch, or -1.
+        watch_id: i64,
+        /// Everything up to here was sent.
+        revision: i64,
+    },
+}
+
+/// Why the hub ended a watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The watch's queue was full: it was canceled; resume where the stream
+    /// stopped delivering.
+    TooSlow,
+    /// The start revision is older than the history window.
+    Compacted {
+        /// The oldest revision that can still be watched from.
+        oldest: i64,
+    },
+}
+
+/// A watch the hub ended, sent on the stream's control channel, which
+/// overtakes the queue.
+#[derive(Clone, Debug)]
+pub struct Control {
+    /// The watch.
+    pub watch_id: i64,
+    /// Why.
+    pub ended: Ended,
+}
+/// The hub's handle: the apply loop appends through it, the API opens
+/// streams on it. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WatchHub {
+    history: Arc<RwLock<History>>,
+    inbox: Arc<Mutex<std_mpsc::Sender<HubMsg>>>,
+    next_stream: Arc<AtomicU64>,
+}
+
+impl WatchHub {
+    /// Starts the fan-out thread with a history of `capacity` revisions and
+    /// progress notifications every `progress_interval`.
+    pub fn start(capacity: usize, progress_interval: Duration) -> std::io::Result<Self> {
+        let history = Arc::new(RwLock::new(History::new(capacity)));
+        let (tx, rx) = std_mpsc::channel();
+        let fanout = Fanout::new(history.clone(), progress_interval);
+        std::thread::Builder::new()
+            .name("watch-fanout".into())
+            .spawn(move || fanout.run(rx))?;
+        Ok(Self {
+            history,
+            inbox: Arc::new(Mutex::new(tx)),
+            next_stream: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    /// Appends the events of one applied revision. Called by the apply loop
+    /// only, in revision order.
+    pub fn append(&self, revision: i64, events: Vec<Event>) {
+        self.history
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .append(revision, events);
+    }
+
+    /// Tells the fan-out thread that revisions were appended.
+    pub fn applied(&self) {
+        self.send(HubMsg::Applied);
+    }
+
+    /// The oldest revision a watch can start from, and the newest applied.
+    pub fn window(&self) -> (i64, i64) {
+        let history = self
+            .history
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (history.oldest(), history.head())
+    }
+
+    /// Opens a stream of watches.
+    pub fn open(&self) -> HubStream {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (queue_tx, queue) = mpsc::channel(STREAM_QUEUE);
+        let (control_tx, control) = mpsc::unbounded_channel();
+        self.send(HubMsg::Open {
+            stream: id,
+            queue: queue_tx,
+            control: control_tx,
+        });
+        HubStream {
+            hub: self.clone(),
+            id,
+            queue,
+            control,
+        }
+    }
+
+    fn send(&self, msg: HubMsg) {
+        let _ = self
+            .inbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .send(msg);
+    }
+}
+
+/// One stream of watches: what the hub sends it, and the requests it makes.
+/// Dropping it cancels its watches.
+#[derive(Debug)]
+pub struct HubStream {
+    hub: WatchHub,
+    id: u64,
+    /// Created, events and progress, in order. Closed when the hub stops.
+    pub queue: mpsc::Receiver<Outgoing>,
+    /// Watches the hub ended; may overtake `queue`.
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
+
+impl HubStream {
+    /// Registers a watch. `start_revision` 0 means after the current head.
+    pub fn create(&self, watch_id: i64, spec: WatchSpec, start_revision: i64) {
+        self.hub.send(HubMsg::Create {
+            stream: self.id,
+            watch_id,
+            spec,
+            start_revision,
+        });
+    }
+
+    /// Ends a watch.
+    pub fn cancel(&self, watch_id: i64) {
+        self.hub.send(HubMsg::Cancel {
+            stream: self.id,
+            watch_id,
+        });
+    }
+
+    /// Asks for one progress response for the whole stream.
+    pub fn progress(&self) {
+        self.hub.send(HubMsg::Progress { stream: self.id });
+    }
+}
+
+impl Drop for HubStream {
+    fn drop(&mut self) {
+        self.hub.send(HubMsg::Close { stream: self.id });
+    }
+}
