@@ -243,3 +243,6 @@ impl Drop for HubStream {
         self.hub.send(HubMsg::Close { stream: self.id });
     }
 }
+
+#[cfg(test)]
+mod tests;

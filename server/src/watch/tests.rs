@@ -1,0 +1,243 @@
+//! The hub on its own: history window, live and past starts, filters,
+//! slow-stream cancel, progress. Real fan-out thread, no server.
+
+use std::time::Duration;
+
+use super::*;
+use crate::state::KeyValue;
+
+fn put(key: &str, revision: i64) -> Event {
+    Event {
+        kind: EventKind::Put,
+        kv: KeyValue {
+            key: key.as_bytes().to_vec(),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            value: format!("v{revision}").into_bytes(),
+            lease: 0,
+        },
+        prev_kv: None,
+    }
+}
+
+fn delete(key: &str, revision: i64) -> Event {
+    Event {
+        kind: EventKind::Delete,
+        ..put(key, revision)
+    }
+}
+
+fn spec(key: &str, prefix: bool) -> WatchSpec {
+    WatchSpec {
+        key: key.as_bytes().to_vec(),
+        prefix,
+        no_put: false,
+        no_delete: false,
+        progress_notify: false,
+    }
+}
+
+/// Appends revisions `from..=to`, one put of `key` each.
+fn write(hub: &WatchHub, key: &str, from: i64, to: i64) {
+    for revision in from..=to {
+        hub.append(revision, vec![put(key, revision)]);
+    }
+    hub.applied();
+}
+
+async fn next(stream: &mut HubStream) -> Outgoing {
+    tokio::time::timeout(Duration::from_secs(10), stream.queue.recv())
+        .await
+        .expect("the hub answers within 10 s")
+        .expect("the hub is running")
+}
+
+/// Receives until `watch_id` got revision `last`; the revisions it got.
+async fn revisions_until(stream: &mut HubStream, watch_id: i64, last: i64) -> Vec<i64> {
+    let mut seen = Vec::new();
+    while seen.last() != Some(&last) {
+        if let Outgoing::Events {
+            watch_id: id,
+            revision,
+            ..
+        } = next(stream).await
+            && id == watch_id
+        {
+            seen.push(revision);
+        }
+    }
+    seen
+}
+
+#[test]
+fn history_keeps_the_last_revisions() {
+    let mut history = History::new(3);
+    assert_eq!((history.oldest(), history.head()), (1, 0));
+    for revision in 1..=5 {
+        history.append(revision, vec![put("k", revision)]);
+    }
+    assert_eq!((history.oldest(), history.head()), (3, 5));
+    assert!(history.get(2).is_none());
+    assert_eq!(history.get(4).map(|e| e[0].kv.mod_revision), Some(4));
+    // Old or empty revisions are ignored.
+    history.append(5, vec![put("k", 5)]);
+    history.append(6, vec![]);
+    assert_eq!(history.head(), 5);
+}
+
+#[tokio::test]
+async fn a_watch_from_now_gets_new_revisions_only() {
+    let hub = WatchHub::start(100, Duration::from_secs(60)).expect("hub");
+    write(&hub, "k", 1, 3);
+    let mut stream = hub.open();
+    // Wait until the hub saw revisions 1-3 before creating the watch.
+    while hub.window().1 < 3 {
+        tokio::task::yield_now().await;
+    }
+    stream.create(7, spec("k", false), 0);
+    let Outgoing::Created { watch_id, revision } = next(&mut stream).await else {
+        panic!("created first");
+    };
+    assert_eq!((watch_id, revision), (7, 3));
+    write(&hub, "k", 4, 5);
+    assert_eq!(revisions_until(&mut stream, 7, 5).await, vec![4, 5]);
+}
+
+#[tokio::test]
+async fn a_watch_from_the_past_is_caught_up_then_follows() {
+    let hub = WatchHub::start(1000, Duration::from_secs(60)).expect("hub");
+    write(&hub, "k", 1, 500);
+    let mut stream = hub.open();
+    stream.create(1, spec("k", false), 100);
+    write(&hub, "k", 501, 600);
+    let seen = revisions_until(&mut stream, 1, 600).await;
+    assert_eq!(seen, (100..=600).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn prefix_and_filters_select_events_within_a_revision() {
+    let hub = WatchHub::start(100, Duration::from_secs(60)).expect("hub");
+    let mut stream = hub.open();
+    stream.create(1, spec("a/", true), 1);
+    stream.create(
+        2,
+        WatchSpec {
+            no_put: true,
+            ..spec("a/", true)
+        },
+        1,
+    );
+    hub.append(1, vec![put("a/1", 1), put("b", 1), delete("a/2", 1)]);
+    hub.append(2, vec![put("b", 2)]);
+    hub.append(3, vec![put("a/3", 3)]);
+    hub.applied();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        if let Outgoing::Events {
+            watch_id,
+            revision,
+            events,
+            pick,
+        } = next(&mut stream).await
+        {
+            let keys: Vec<String> = match pick {
+                Some(pick) => pick
+                    .iter()
+                    .map(|i| String::from_utf8_lossy(&events[*i as usize].kv.key).into_owned())
+                    .collect(),
+                None => events
+                    .iter()
+                    .map(|e| String::from_utf8_lossy(&e.kv.key).into_owned())
+                    .collect(),
+            };
+            got.push((watch_id, revision, keys));
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (1, 1, vec!["a/1".to_string(), "a/2".to_string()]),
+            (1, 3, vec!["a/3".to_string()]),
+            (2, 1, vec!["a/2".to_string()]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_start_below_the_window_is_compacted() {
+    let hub = WatchHub::start(10, Duration::from_secs(60)).expect("hub");
+    write(&hub, "k", 1, 50);
+    let mut stream = hub.open();
+    stream.create(3, spec("k", false), 5);
+    let control = tokio::time::timeout(Duration::from_secs(10), stream.control.recv())
+        .await
+        .expect("answered")
+        .expect("open");
+    assert_eq!(control.watch_id, 3);
+    assert_eq!(control.ended, Ended::Compacted { oldest: 41 });
+}
+
+#[tokio::test]
+async fn a_stream_that_does_not_read_is_canceled_and_others_go_on() {
+    let hub = WatchHub::start(10_000, Duration::from_secs(60)).expect("hub");
+    let mut stalled = hub.open();
+    let mut reader = hub.open();
+    stalled.create(1, spec("k", false), 0);
+    reader.create(1, spec("k", false), 0);
+    assert!(matches!(next(&mut reader).await, Outgoing::Created { .. }));
+    let total = STREAM_QUEUE as i64 + 200;
+    let writer = {
+        let hub = hub.clone();
+        tokio::task::spawn_blocking(move || {
+            for revision in 1..=total {
+                hub.append(revision, vec![put("k", revision)]);
+                hub.applied();
+            }
+        })
+    };
+    let seen = revisions_until(&mut reader, 1, total).await;
+    assert_eq!(
+        seen,
+        (1..=total).collect::<Vec<_>>(),
+        "the reader misses nothing"
+    );
+    writer.await.expect("writer");
+    let control = tokio::time::timeout(Duration::from_secs(10), stalled.control.recv())
+        .await
+        .expect("the stalled stream is told")
+        .expect("open");
+    assert_eq!((control.watch_id, control.ended), (1, Ended::TooSlow));
+    // What was queued before the cancel is still there, in order.
+    let mut queued = Vec::new();
+    while let Ok(out) = stalled.queue.try_recv() {
+        if let Outgoing::Events { revision, .. } = out {
+            queued.push(revision);
+        }
+    }
+    assert_eq!(queued, (1..queued.len() as i64 + 1).collect::<Vec<_>>());
+    assert!(queued.len() < total as usize);
+}
+
+#[tokio::test]
+async fn progress_waits_until_the_stream_is_level() {
+    let hub = WatchHub::start(1000, Duration::from_secs(60)).expect("hub");
+    write(&hub, "k", 1, 20);
+    let mut stream = hub.open();
+    stream.create(1, spec("k", false), 1);
+    stream.progress();
+    let mut last_event = 0;
+    loop {
+        match next(&mut stream).await {
+            Outgoing::Events { revision, .. } => last_event = revision,
+            Outgoing::Progress { watch_id, revision } => {
+                assert_eq!(watch_id, -1);
+                assert_eq!(revision, 20);
+                assert_eq!(last_event, 20, "progress comes after every event up to it");
+                break;
+            }
+            Outgoing::Created { .. } => {}
+        }
+    }
+}
