@@ -235,12 +235,12 @@ impl Election for ElectionService {
                 let state = self.node.state();
                 (state.revision(), state.leader(&req.name))
             };
-            hub.create(1, spec, revision + 1);
-            Some(self.observation(revision, leader.as_ref()))
+            let backlog = hub.create(1, spec, revision + 1);
+            (Some(self.observation(revision, leader.as_ref())), backlog)
         } else {
-            hub.create(1, spec, req.start_revision);
-            None
+            (None, hub.create(1, spec, req.start_revision))
         };
+        let (first, backlog) = first;
         let service = self.clone();
         let name = req.name;
         tokio::spawn(async move {
@@ -275,6 +275,7 @@ impl Election for ElectionService {
                         pick,
                         ..
                     }) => {
+                        hub.taken(Some(&backlog));
                         // The record's last change in this revision decides.
                         let last = match &pick {
                             Some(pick) => pick.last().map(|i| &events[*i as usize]),

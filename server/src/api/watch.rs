@@ -20,7 +20,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::api::{Limits, header};
 use crate::node::Node;
 use crate::state::{Event, EventKind};
-use crate::watch::{Control, Ended, HubStream, Outgoing, WatchSpec};
+use crate::watch::{Backlog, Control, Ended, HubStream, Outgoing, WATCH_BACKLOG, WatchSpec};
 
 /// Most watches one stream may carry.
 pub const MAX_WATCHES_PER_STREAM: usize = 100_000;
@@ -68,6 +68,8 @@ impl Watch for WatchService {
 struct WatchState {
     /// Include previous pairs in events.
     prev_kv: bool,
+    /// Its responses the hub queued and this task has not taken yet.
+    backlog: Backlog,
     /// The revision to resume from: one after the last revision forwarded,
     /// or the start revision before anything was forwarded.
     resume_from: i64,
@@ -217,14 +219,15 @@ impl StreamTask {
             no_delete: create.no_delete,
             progress_notify: create.progress_notify,
         };
+        let backlog = self.hub.create(watch_id, spec, create.start_revision);
         self.watches.insert(
             watch_id,
             WatchState {
                 prev_kv: create.prev_kv,
                 resume_from: create.start_revision,
+                backlog,
             },
         );
-        self.hub.create(watch_id, spec, create.start_revision);
         Ok(())
     }
 
@@ -284,8 +287,10 @@ impl StreamTask {
             } => {
                 // A watch canceled since the hub queued this is skipped.
                 let Some(state) = self.watches.get_mut(&watch_id) else {
+                    self.hub.taken(None);
                     return Ok(());
                 };
+                self.hub.taken(Some(&state.backlog));
                 state.resume_from = revision + 1;
                 let prev_kv = state.prev_kv;
                 let events: Vec<pb::Event> = match &pick {
@@ -337,8 +342,7 @@ impl StreamTask {
                 code: Code::ResourceExhausted as i32,
                 cancel_reason: format!(
                     "the watcher fell behind by more than {} queued responses; watch again from revision {}",
-                    crate::watch::STREAM_QUEUE,
-                    state.resume_from
+                    WATCH_BACKLOG, state.resume_from
                 ),
                 ..self.response(control.watch_id, revision)
             },

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{Control, Ended, History, Outgoing, Revision, WatchSpec};
+use super::{
+    Backlog, Control, Ended, History, Outgoing, Revision, STREAM_BACKLOG, WATCH_BACKLOG, WatchSpec,
+};
 
 /// Messages to the fan-out thread.
 pub(super) enum HubMsg {
@@ -17,14 +19,16 @@ pub(super) enum HubMsg {
     Applied,
     Open {
         stream: u64,
-        queue: mpsc::Sender<Outgoing>,
+        queue: mpsc::UnboundedSender<Outgoing>,
         control: mpsc::UnboundedSender<Control>,
+        backlog: Backlog,
     },
     Create {
         stream: u64,
         watch_id: i64,
         spec: WatchSpec,
         start_revision: i64,
+        backlog: Backlog,
     },
     Cancel {
         stream: u64,
@@ -51,11 +55,15 @@ struct Watcher {
     spec: WatchSpec,
     /// The next revision to send; meaningful while unsynced.
     next: i64,
+    /// Its event responses not yet taken by the stream.
+    backlog: Backlog,
 }
 
 struct StreamSink {
-    queue: mpsc::Sender<Outgoing>,
+    queue: mpsc::UnboundedSender<Outgoing>,
     control: mpsc::UnboundedSender<Control>,
+    /// Event responses of all its watches not yet taken.
+    backlog: Backlog,
     /// (watch id → watcher id).
     watches: HashMap<i64, u64>,
     progress_wanted: bool,
@@ -126,12 +134,14 @@ impl Fanout {
                 stream,
                 queue,
                 control,
+                backlog,
             } => {
                 self.streams.insert(
                     stream,
                     StreamSink {
                         queue,
                         control,
+                        backlog,
                         watches: HashMap::new(),
                         progress_wanted: false,
                     },
@@ -142,7 +152,8 @@ impl Fanout {
                 watch_id,
                 spec,
                 start_revision,
-            } => self.create(stream, watch_id, spec, start_revision),
+                backlog,
+            } => self.create(stream, watch_id, spec, start_revision, backlog),
             HubMsg::Cancel { stream, watch_id } => {
                 let id = self
                     .streams
@@ -168,7 +179,14 @@ impl Fanout {
         metrics::gauge!("fenced_watchers").set(self.watchers.len() as f64);
     }
 
-    fn create(&mut self, stream: u64, watch_id: i64, spec: WatchSpec, start_revision: i64) {
+    fn create(
+        &mut self,
+        stream: u64,
+        watch_id: i64,
+        spec: WatchSpec,
+        start_revision: i64,
+        backlog: Backlog,
+    ) {
         let (oldest, head) = {
             let history = self.read_history();
             (history.oldest(), history.head())
@@ -187,11 +205,7 @@ impl Fanout {
             watch_id,
             revision: head,
         };
-        if sink.queue.try_send(created).is_err() {
-            let _ = sink.control.send(Control {
-                watch_id,
-                ended: Ended::TooSlow,
-            });
+        if sink.queue.send(created).is_err() {
             return;
         }
         let id = self.next_watcher;
@@ -210,6 +224,7 @@ impl Fanout {
             watch_id,
             spec,
             next,
+            backlog,
         };
         self.watchers.insert(id, watcher);
         if start_revision == 0 && head <= self.dispatched {
@@ -260,25 +275,47 @@ impl Fanout {
     /// Sends new revisions to the synced group, catches up the unsynced,
     /// answers progress requests.
     fn round(&mut self) {
-        let history = self.history.clone();
-        let history = history
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let head = history.head();
+        let window = self.snapshot();
+        let head = window.head;
         let mut too_slow = Vec::new();
         while self.dispatched < head {
             let revision = self.dispatched + 1;
-            if let Some(events) = history.get(revision) {
-                self.dispatch(revision, events, &mut too_slow);
+            if let Some(events) = window.get(revision) {
+                self.dispatch(revision, &events.clone(), &mut too_slow);
             }
             self.dispatched = revision;
         }
-        self.catch_up(&history);
-        drop(history);
         for id in too_slow {
             self.end(id, Ended::TooSlow);
         }
+        self.catch_up(&window);
         self.send_progress(head);
+    }
+
+    /// The revisions this round needs, copied out (as shared pointers) so
+    /// that the history's lock, which the apply loop needs to append, is
+    /// held only for the copy.
+    fn snapshot(&self) -> Window {
+        let history = self.read_history();
+        let head = history.head();
+        let oldest = history.oldest();
+        let from = self
+            .unsynced
+            .iter()
+            .filter_map(|id| self.watchers.get(id).map(|w| w.next))
+            .chain([self.dispatched + 1])
+            .min()
+            .unwrap_or(head + 1)
+            .max(oldest);
+        let revisions = (from..=head)
+            .filter_map(|revision| history.get(revision).cloned())
+            .collect();
+        Window {
+            first: from,
+            head,
+            oldest,
+            revisions,
+        }
     }
 
     /// Sends one revision to every synced watcher it concerns.
@@ -322,6 +359,10 @@ impl Fanout {
             let Some(sink) = self.streams.get(&w.stream) else {
                 continue;
             };
+            if w.backlog.len() >= WATCH_BACKLOG || sink.backlog.len() >= STREAM_BACKLOG {
+                too_slow.push(id);
+                continue;
+            }
             let pick = (pick.len() != events.len()).then_some(pick);
             let out = Outgoing::Events {
                 watch_id: w.watch_id,
@@ -329,17 +370,18 @@ impl Fanout {
                 events: events.clone(),
                 pick,
             };
-            if sink.queue.try_send(out).is_err() {
-                too_slow.push(id);
+            if sink.queue.send(out).is_ok() {
+                w.backlog.add();
+                sink.backlog.add();
             }
         }
     }
 
     /// Sends unsynced watchers what they missed, as far as their queues take
     /// it; a watcher that is level joins the synced group.
-    fn catch_up(&mut self, history: &History) {
+    fn catch_up(&mut self, history: &Window) {
         let head = self.dispatched;
-        let oldest = history.oldest();
+        let oldest = history.oldest;
         let ids: Vec<u64> = self.unsynced.iter().copied().collect();
         for id in ids {
             let Some(w) = self.watchers.get_mut(&id) else {
@@ -362,6 +404,11 @@ impl Fanout {
                     .filter(|i| w.spec.matches(&events[*i as usize]))
                     .collect();
                 if !pick.is_empty() {
+                    if w.backlog.len() >= WATCH_BACKLOG || sink.backlog.len() >= STREAM_BACKLOG {
+                        // The reader may simply be slower than the catch-up;
+                        // go on next round.
+                        break;
+                    }
                     let pick = (pick.len() != events.len()).then_some(pick);
                     let out = Outgoing::Events {
                         watch_id: w.watch_id,
@@ -369,11 +416,11 @@ impl Fanout {
                         events: events.clone(),
                         pick,
                     };
-                    if sink.queue.try_send(out).is_err() {
-                        // The reader may simply be slower than the catch-up;
-                        // try again next round.
+                    if sink.queue.send(out).is_err() {
                         break;
                     }
+                    w.backlog.add();
+                    sink.backlog.add();
                 }
                 w.next += 1;
             }
@@ -412,9 +459,8 @@ impl Fanout {
                     watch_id: -1,
                     revision: head,
                 };
-                if sink.queue.try_send(out).is_ok() {
-                    sink.progress_wanted = false;
-                }
+                let _ = sink.queue.send(out);
+                sink.progress_wanted = false;
             }
             if periodic {
                 for (watch_id, id) in &sink.watches {
@@ -423,7 +469,7 @@ impl Fanout {
                         .get(id)
                         .is_some_and(|w| w.spec.progress_notify);
                     if wants && !self.unsynced.contains(id) {
-                        let _ = sink.queue.try_send(Outgoing::Progress {
+                        let _ = sink.queue.send(Outgoing::Progress {
                             watch_id: *watch_id,
                             revision: head,
                         });
@@ -431,5 +477,21 @@ impl Fanout {
                 }
             }
         }
+    }
+}
+
+/// The revisions one round works on, copied out of the history.
+struct Window {
+    /// Revision of `revisions[0]`.
+    first: i64,
+    head: i64,
+    oldest: i64,
+    revisions: Vec<Revision>,
+}
+
+impl Window {
+    fn get(&self, revision: i64) -> Option<&Revision> {
+        let offset = usize::try_from(revision.checked_sub(self.first)?).ok()?;
+        self.revisions.get(offset)
     }
 }

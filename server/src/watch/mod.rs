@@ -23,7 +23,7 @@
 mod fanout;
 mod history;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -34,8 +34,32 @@ use crate::state::{Event, EventKind};
 use fanout::{Fanout, HubMsg};
 pub use history::History;
 
-/// Responses queued per stream before its watchers count as too slow.
-pub const STREAM_QUEUE: usize = 1024;
+/// Event responses queued for one watch and not yet taken by its stream
+/// before the watch counts as too slow and is canceled.
+pub const WATCH_BACKLOG: usize = 1024;
+/// The same, for all the watches of one stream together.
+pub const STREAM_BACKLOG: usize = 64 * 1024;
+
+/// A count of event responses the hub queued and the stream has not taken
+/// yet. The hub adds, the stream task takes; neither ever waits.
+#[derive(Clone, Debug, Default)]
+pub struct Backlog(Arc<AtomicUsize>);
+
+impl Backlog {
+    fn len(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn take(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
 
 /// What one watch selects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,18 +201,21 @@ impl WatchHub {
     /// Opens a stream of watches.
     pub fn open(&self) -> HubStream {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let (queue_tx, queue) = mpsc::channel(STREAM_QUEUE);
+        let (queue_tx, queue) = mpsc::unbounded_channel();
         let (control_tx, control) = mpsc::unbounded_channel();
+        let backlog = Backlog::default();
         self.send(HubMsg::Open {
             stream: id,
             queue: queue_tx,
             control: control_tx,
+            backlog: backlog.clone(),
         });
         HubStream {
             hub: self.clone(),
             id,
             queue,
             control,
+            backlog,
         }
     }
 
@@ -208,20 +235,37 @@ pub struct HubStream {
     hub: WatchHub,
     id: u64,
     /// Created, events and progress, in order. Closed when the hub stops.
-    pub queue: mpsc::Receiver<Outgoing>,
+    /// Unbounded, but the hub stops adding events for a watch (and cancels
+    /// it) once [`WATCH_BACKLOG`] of them, or [`STREAM_BACKLOG`] for the
+    /// stream, are not taken: call [`HubStream::taken`] for each.
+    pub queue: mpsc::UnboundedReceiver<Outgoing>,
     /// Watches the hub ended; may overtake `queue`.
     pub control: mpsc::UnboundedReceiver<Control>,
+    backlog: Backlog,
 }
 
 impl HubStream {
     /// Registers a watch. `start_revision` 0 means after the current head.
-    pub fn create(&self, watch_id: i64, spec: WatchSpec, start_revision: i64) {
+    /// Returns the watch's backlog, to hand to [`HubStream::taken`].
+    pub fn create(&self, watch_id: i64, spec: WatchSpec, start_revision: i64) -> Backlog {
+        let backlog = Backlog::default();
         self.hub.send(HubMsg::Create {
             stream: self.id,
             watch_id,
             spec,
             start_revision,
+            backlog: backlog.clone(),
         });
+        backlog
+    }
+
+    /// Records that an [`Outgoing::Events`] of the watch with `backlog` (or
+    /// of a watch no longer known, `None`) was taken off the queue.
+    pub fn taken(&self, backlog: Option<&Backlog>) {
+        self.backlog.take();
+        if let Some(backlog) = backlog {
+            backlog.take();
+        }
     }
 
     /// Ends a watch.

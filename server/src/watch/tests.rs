@@ -46,15 +46,39 @@ fn write(hub: &WatchHub, key: &str, from: i64, to: i64) {
     hub.applied();
 }
 
-async fn next(stream: &mut HubStream) -> Outgoing {
-    tokio::time::timeout(Duration::from_secs(10), stream.queue.recv())
+/// A stream and the backlogs of its watches, taken as a reader takes them.
+struct Reader {
+    stream: HubStream,
+    backlogs: std::collections::HashMap<i64, Backlog>,
+}
+
+impl Reader {
+    fn open(hub: &WatchHub) -> Self {
+        Self {
+            stream: hub.open(),
+            backlogs: Default::default(),
+        }
+    }
+
+    fn create(&mut self, watch_id: i64, spec: WatchSpec, start_revision: i64) {
+        let backlog = self.stream.create(watch_id, spec, start_revision);
+        self.backlogs.insert(watch_id, backlog);
+    }
+}
+
+async fn next(reader: &mut Reader) -> Outgoing {
+    let out = tokio::time::timeout(Duration::from_secs(10), reader.stream.queue.recv())
         .await
         .expect("the hub answers within 10 s")
-        .expect("the hub is running")
+        .expect("the hub is running");
+    if let Outgoing::Events { watch_id, .. } = &out {
+        reader.stream.taken(reader.backlogs.get(watch_id));
+    }
+    out
 }
 
 /// Receives until `watch_id` got revision `last`; the revisions it got.
-async fn revisions_until(stream: &mut HubStream, watch_id: i64, last: i64) -> Vec<i64> {
+async fn revisions_until(stream: &mut Reader, watch_id: i64, last: i64) -> Vec<i64> {
     let mut seen = Vec::new();
     while seen.last() != Some(&last) {
         if let Outgoing::Events {
@@ -90,7 +114,7 @@ fn history_keeps_the_last_revisions() {
 async fn a_watch_from_now_gets_new_revisions_only() {
     let hub = WatchHub::start(100, Duration::from_secs(60)).expect("hub");
     write(&hub, "k", 1, 3);
-    let mut stream = hub.open();
+    let mut stream = Reader::open(&hub);
     // Wait until the hub saw revisions 1-3 before creating the watch.
     while hub.window().1 < 3 {
         tokio::task::yield_now().await;
@@ -108,7 +132,7 @@ async fn a_watch_from_now_gets_new_revisions_only() {
 async fn a_watch_from_the_past_is_caught_up_then_follows() {
     let hub = WatchHub::start(1000, Duration::from_secs(60)).expect("hub");
     write(&hub, "k", 1, 500);
-    let mut stream = hub.open();
+    let mut stream = Reader::open(&hub);
     stream.create(1, spec("k", false), 100);
     write(&hub, "k", 501, 600);
     let seen = revisions_until(&mut stream, 1, 600).await;
@@ -118,7 +142,7 @@ async fn a_watch_from_the_past_is_caught_up_then_follows() {
 #[tokio::test]
 async fn prefix_and_filters_select_events_within_a_revision() {
     let hub = WatchHub::start(100, Duration::from_secs(60)).expect("hub");
-    let mut stream = hub.open();
+    let mut stream = Reader::open(&hub);
     stream.create(1, spec("a/", true), 1);
     stream.create(
         2,
@@ -169,9 +193,9 @@ async fn prefix_and_filters_select_events_within_a_revision() {
 async fn a_start_below_the_window_is_compacted() {
     let hub = WatchHub::start(10, Duration::from_secs(60)).expect("hub");
     write(&hub, "k", 1, 50);
-    let mut stream = hub.open();
+    let mut stream = Reader::open(&hub);
     stream.create(3, spec("k", false), 5);
-    let control = tokio::time::timeout(Duration::from_secs(10), stream.control.recv())
+    let control = tokio::time::timeout(Duration::from_secs(10), stream.stream.control.recv())
         .await
         .expect("answered")
         .expect("open");
@@ -182,12 +206,12 @@ async fn a_start_below_the_window_is_compacted() {
 #[tokio::test]
 async fn a_stream_that_does_not_read_is_canceled_and_others_go_on() {
     let hub = WatchHub::start(10_000, Duration::from_secs(60)).expect("hub");
-    let mut stalled = hub.open();
-    let mut reader = hub.open();
+    let mut stalled = Reader::open(&hub);
+    let mut reader = Reader::open(&hub);
     stalled.create(1, spec("k", false), 0);
     reader.create(1, spec("k", false), 0);
     assert!(matches!(next(&mut reader).await, Outgoing::Created { .. }));
-    let total = STREAM_QUEUE as i64 + 200;
+    let total = WATCH_BACKLOG as i64 + 200;
     let writer = {
         let hub = hub.clone();
         tokio::task::spawn_blocking(move || {
@@ -204,14 +228,14 @@ async fn a_stream_that_does_not_read_is_canceled_and_others_go_on() {
         "the reader misses nothing"
     );
     writer.await.expect("writer");
-    let control = tokio::time::timeout(Duration::from_secs(10), stalled.control.recv())
+    let control = tokio::time::timeout(Duration::from_secs(10), stalled.stream.control.recv())
         .await
         .expect("the stalled stream is told")
         .expect("open");
     assert_eq!((control.watch_id, control.ended), (1, Ended::TooSlow));
     // What was queued before the cancel is still there, in order.
     let mut queued = Vec::new();
-    while let Ok(out) = stalled.queue.try_recv() {
+    while let Ok(out) = stalled.stream.queue.try_recv() {
         if let Outgoing::Events { revision, .. } = out {
             queued.push(revision);
         }
@@ -224,9 +248,9 @@ async fn a_stream_that_does_not_read_is_canceled_and_others_go_on() {
 async fn progress_waits_until_the_stream_is_level() {
     let hub = WatchHub::start(1000, Duration::from_secs(60)).expect("hub");
     write(&hub, "k", 1, 20);
-    let mut stream = hub.open();
+    let mut stream = Reader::open(&hub);
     stream.create(1, spec("k", false), 1);
-    stream.progress();
+    stream.stream.progress();
     let mut last_event = 0;
     loop {
         match next(&mut stream).await {
@@ -240,4 +264,34 @@ async fn progress_waits_until_the_stream_is_level() {
             Outgoing::Created { .. } => {}
         }
     }
+}
+
+#[tokio::test]
+async fn many_watches_on_one_stream_are_not_too_slow_for_a_burst() {
+    let hub = WatchHub::start(1000, Duration::from_secs(60)).expect("hub");
+    let mut reader = Reader::open(&hub);
+    let watches = 2_000;
+    for id in 1..=watches {
+        reader.create(id, spec("k", false), 1);
+    }
+    // A burst of 200 revisions: 400,000 responses queued on one stream,
+    // more than STREAM_BACKLOG only if the reader never takes any.
+    write(&hub, "k", 1, 200);
+    let mut delivered = 0;
+    let mut last = std::collections::HashMap::new();
+    while delivered < watches * 200 {
+        if let Outgoing::Events {
+            watch_id, revision, ..
+        } = next(&mut reader).await
+        {
+            let previous = last.insert(watch_id, revision).unwrap_or(0);
+            assert_eq!(revision, previous + 1, "watch {watch_id} in order");
+            delivered += 1;
+        }
+    }
+    assert!(last.values().all(|r| *r == 200));
+    assert!(
+        reader.stream.control.try_recv().is_err(),
+        "no watch was canceled"
+    );
 }
