@@ -25,7 +25,7 @@ mod history;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -154,7 +154,7 @@ pub struct Control {
 #[derive(Clone, Debug)]
 pub struct WatchHub {
     history: Arc<RwLock<History>>,
-    inbox: Arc<Mutex<std_mpsc::Sender<HubMsg>>>,
+    inbox: std_mpsc::Sender<HubMsg>,
     next_stream: Arc<AtomicU64>,
 }
 
@@ -170,7 +170,7 @@ impl WatchHub {
             .spawn(move || fanout.run(rx))?;
         Ok(Self {
             history,
-            inbox: Arc::new(Mutex::new(tx)),
+            inbox: tx,
             next_stream: Arc::new(AtomicU64::new(1)),
         })
     }
@@ -220,11 +220,7 @@ impl WatchHub {
     }
 
     fn send(&self, msg: HubMsg) {
-        let _ = self
-            .inbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(msg);
+        let _ = self.inbox.send(msg);
     }
 }
 
