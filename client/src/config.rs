@@ -47,6 +47,10 @@ pub struct ClientConfig {
     /// How long the member may take to answer that ping before the
     /// connection counts as dead and its requests fail over.
     pub(crate) keepalive_timeout: Duration,
+    /// How long a broken watch or observe stream may go without a member
+    /// taking it back before it ends with an error; `None`: the request
+    /// timeout.
+    pub(crate) reconnect_timeout: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -67,6 +71,7 @@ impl ClientConfig {
             backoff_max: Duration::from_millis(500),
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(2),
+            reconnect_timeout: None,
         }
     }
 
@@ -122,6 +127,18 @@ impl ClientConfig {
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keepalive_interval = interval;
         self.keepalive_timeout = timeout;
+        self
+    }
+
+    /// How long a broken [`WatchStream`](crate::WatchStream) or
+    /// [`ObserveStream`](crate::ObserveStream) keeps trying other members
+    /// before it gives up and yields an error (`DEADLINE_EXCEEDED`, naming
+    /// the last failure). The time counts from the first failed attempt; a
+    /// stream that delivers something, or stays up for a second, starts
+    /// afresh. Defaults to the request timeout, so an outage is reported
+    /// instead of hidden; `Duration::MAX` keeps trying for ever.
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = Some(timeout);
         self
     }
 

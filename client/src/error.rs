@@ -77,6 +77,16 @@ pub(crate) fn is_retryable(status: &Status) -> bool {
     }
 }
 
+/// Whether a long-lived stream (a watch, an observe) that failed with
+/// `status` should be opened again on another member: everything the retry
+/// loop retries, plus `CANCELLED` (the member reset the stream, which is
+/// what a member going away does; the client itself never cancels a stream
+/// it still reads) and `DEADLINE_EXCEEDED` (an attempt to open it was not
+/// answered in time).
+pub(crate) fn breaks_stream(status: &Status) -> bool {
+    is_retryable(status) || matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
+}
+
 /// Displays a status as `Code: message: cause`, where the cause is the root
 /// of the transport error tonic keeps as the status's source (for example
 /// "Connection refused (os error 111)"). The layers in between repeat the
@@ -127,6 +137,15 @@ mod tests {
         let transport = Status::from_error(Box::new(std::io::Error::other("connection reset")));
         assert_eq!(transport.code(), Code::Unknown);
         assert!(is_retryable(&transport));
+    }
+
+    #[test]
+    fn streams_reopen_after_resets_and_timeouts() {
+        assert!(breaks_stream(&Status::cancelled("stream reset")));
+        assert!(breaks_stream(&Status::deadline_exceeded("no answer")));
+        assert!(breaks_stream(&Status::unavailable("shutting down")));
+        assert!(!breaks_stream(&Status::out_of_range("compacted")));
+        assert!(!breaks_stream(&Status::invalid_argument("bad name")));
     }
 
     #[test]

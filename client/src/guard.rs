@@ -138,12 +138,13 @@ pub struct LockGuard {
     claim: Option<Claim>,
 }
 
-/// The lock names a session holds or is acquiring.
+/// The lock names a session holds or is acquiring, and (as
+/// `" election NAME"`) the elections it leads or campaigns in.
 pub(crate) type Claims = Arc<Mutex<HashSet<String>>>;
 
 /// One name among a session's claims; dropping it gives the name back.
 #[derive(Debug)]
-struct Claim {
+pub(crate) struct Claim {
     claims: Claims,
     name: String,
 }
@@ -212,19 +213,40 @@ impl Drop for LockGuard {
 }
 
 impl Claim {
-    /// Claims `name`, unless the session already holds or acquires it.
+    /// Claims lock `name`, unless the session already holds or acquires it.
     fn take(claims: &Claims, name: &str) -> Result<Claim, Error> {
-        let mut names = claims.lock().unwrap_or_else(PoisonError::into_inner);
-        if !names.insert(name.to_owned()) {
-            return Err(Status::failed_precondition(format!(
+        Claim::take_key(claims, name.to_owned(), || {
+            format!(
                 "this session already holds or is acquiring lock {name:?}; a session \
                  takes each lock once at a time"
-            ))
-            .into());
+            )
+        })
+    }
+
+    /// Claims election `name`, unless the session already leads it or
+    /// campaigns in it. Elections and locks are separate namespaces, so the
+    /// claim's key starts with a space, which no name may contain.
+    pub(crate) fn take_election(claims: &Claims, name: &str) -> Result<Claim, Error> {
+        Claim::take_key(claims, format!(" election {name}"), || {
+            format!(
+                "this session already leads or campaigns in election {name:?}; a \
+                 session campaigns once at a time in each election"
+            )
+        })
+    }
+
+    fn take_key(
+        claims: &Claims,
+        key: String,
+        refusal: impl FnOnce() -> String,
+    ) -> Result<Claim, Error> {
+        let mut names = claims.lock().unwrap_or_else(PoisonError::into_inner);
+        if !names.insert(key.clone()) {
+            return Err(Status::failed_precondition(refusal()).into());
         }
         Ok(Claim {
             claims: claims.clone(),
-            name: name.to_owned(),
+            name: key,
         })
     }
 }
@@ -349,7 +371,7 @@ impl Drop for Abandon {
 /// Whether an acquire that failed with `err` may have left the lease queued
 /// on the server. The server removes the place itself when it answers a
 /// timeout, a lease that ended or a bad request.
-fn may_still_be_queued(err: &Error) -> bool {
+pub(crate) fn may_still_be_queued(err: &Error) -> bool {
     !matches!(
         err.code(),
         Code::InvalidArgument
@@ -429,9 +451,13 @@ mod tests {
         let err = Claim::take(&claims, "db").unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
         let other = Claim::take(&claims, "jobs").unwrap();
+        // An election of the same name is another namespace.
+        let election = Claim::take_election(&claims, "db").unwrap();
+        let err = Claim::take_election(&claims, "db").unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
         drop(claim);
         let again = Claim::take(&claims, "db").unwrap();
-        drop((other, again));
+        drop((other, again, election));
         assert!(claims.lock().unwrap().is_empty());
     }
 

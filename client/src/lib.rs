@@ -56,6 +56,72 @@
 //! keepalive was acknowledged in time, or when the server says the lease is
 //! gone. See [`Session`] for the timing.
 //!
+//! # Elections
+//!
+//! A campaign is held by a session's lease too. Candidates are elected in
+//! the order they campaigned; the leader publishes a value, and its token
+//! (the revision it was elected at) is a fencing token like a lock's.
+//! Anyone can ask who leads, or follow every change:
+//!
+//! ```no_run
+//! # async fn demo(client: fenced_client::Client) -> Result<(), fenced_client::Error> {
+//! use std::time::Duration;
+//! use futures::StreamExt as _;
+//!
+//! let session = client.session(Duration::from_secs(10)).await?;
+//! // Waits until elected.
+//! let leadership = session.campaign("scheduler", "10.0.0.7:8080").await?;
+//! println!("leading with token {}", leadership.token());
+//! tokio::select! {
+//!     () = async { /* lead, passing `leadership.token()` along */ } => {}
+//!     reason = leadership.lost() => {
+//!         eprintln!("leadership lost ({reason}); stepping down");
+//!         return Ok(());
+//!     }
+//! }
+//! leadership.resign().await?;
+//!
+//! // Elsewhere: who leads now, and every change from here on.
+//! let leader = client.leader("scheduler").await?;
+//! let mut changes = client.observe("scheduler").await?;
+//! while let Some(observation) = changes.next().await {
+//!     let observation = observation?;
+//!     let value = observation.leader.map(|leader| leader.value);
+//!     println!("at revision {}: {value:?}", observation.revision);
+//! }
+//! # let _ = leader;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Watches
+//!
+//! A watch is a stream of the changes to a key or a prefix, one
+//! [`WatchBatch`] per revision. It survives member failures: a broken
+//! stream is opened again on the next member from the revision after the
+//! last one delivered, so no revision is missed or seen twice.
+//!
+//! ```no_run
+//! # async fn demo(client: fenced_client::Client) -> Result<(), fenced_client::Error> {
+//! use futures::StreamExt as _;
+//! use fenced_client::EventKind;
+//!
+//! let mut batches = client.watch("config/").prefix().prev_kv().stream().await?;
+//! while let Some(batch) = batches.next().await {
+//!     // An error ends the stream: `OUT_OF_RANGE` when the revision to
+//!     // resume from left the history window, `DEADLINE_EXCEEDED` when no
+//!     // member took the watch back within the reconnect timeout.
+//!     for event in batch?.events {
+//!         match event.kind {
+//!             EventKind::Put => println!("set {:?}", event.kv.key),
+//!             EventKind::Delete => println!("deleted {:?}", event.kv.key),
+//!         }
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //!
 //! - `config`: [`ClientConfig`], the endpoint list, timeouts and retry
@@ -72,7 +138,21 @@
 //!   answer timeout and failover between endpoints.
 //! - `lock`: the lock RPCs on [`Client`], and the deadline of an acquire.
 //! - `guard`: [`LockOptions`], [`Session::lock_with`] and [`LockGuard`],
-//!   the grant a session holds; abandoning a cancelled acquire.
+//!   the grant a session holds; abandoning a cancelled acquire; the
+//!   session's claims on lock and election names.
+//! - `election`: the election RPCs on [`Client`] ([`Client::leader`],
+//!   campaign, proclaim, resign) and [`LeaderInfo`].
+//! - `leadership`: [`Session::campaign`], [`Client::campaign`] and
+//!   [`Leadership`], the leadership a session holds; withdrawing a
+//!   cancelled campaign.
+//! - `observe`: [`Client::observe`] and [`ObserveStream`], an election's
+//!   [`Observation`]s across reconnects.
+//! - `watch`: [`Client::watch`], [`WatchBuilder`] and [`WatchStream`], key
+//!   changes as [`WatchBatch`]es across reconnects; `watch::answer`, what
+//!   one response on a watch stream means.
+//! - `resume`: where a re-created watch or observe stream starts, and the
+//!   failover between endpoints of such a stream, with when to give up
+//!   (pure bookkeeping).
 //! - `endpoint`: parsing endpoint strings and the lazily connected channel
 //!   of each endpoint.
 //! - `error`: [`Error`], a `tonic::Status` or a configuration problem.
@@ -84,8 +164,16 @@
 //! shutting down, connection refused), `ABORTED` (the proposal was dropped by a
 //! leader change), or a transport error (the connection broke mid-request),
 //! until the request deadline passes. Every other code is returned at once.
-//! A lock acquire is retried the same way (the server finds the lease's
-//! queue place again), with a deadline of its wait plus the request timeout.
+//! A lock acquire or a campaign is retried the same way (the server finds
+//! the lease's queue place again), with a deadline of its wait plus the
+//! request timeout.
+//!
+//! A watch or observe stream that breaks (or that a member cancels with a
+//! revision to resume from) is opened again on the next endpoint, with the
+//! same backoff, until a member takes it or the reconnect timeout
+//! ([`ClientConfig::reconnect_timeout`], the request timeout unless set)
+//! passes; it then ends with an error. A stream that stopped answering is
+//! found by the connection's keepalive pings.
 //!
 //! Writes are retried too. Like etcd's client, this means a write whose
 //! connection broke after the server received it may be applied twice; use a
@@ -96,20 +184,29 @@
 
 mod client;
 mod config;
+mod election;
 mod endpoint;
 mod error;
 mod guard;
 mod keepalive;
+mod leadership;
 mod lease;
 mod lock;
 mod lost;
+mod observe;
+mod resume;
 mod session;
+mod watch;
 
 pub use client::Client;
 pub use config::{ClientConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
+pub use election::LeaderInfo;
 pub use error::Error;
 /// Generated protobuf types and gRPC stubs of package `fenced.v1`.
 pub use fenced_proto::pb;
 pub use guard::{LockGuard, LockOptions};
+pub use leadership::Leadership;
 pub use lost::{Lost, LostReason, SessionStatus};
+pub use observe::{Observation, ObserveStream};
 pub use session::{DEFAULT_SESSION_TTL, Session, SessionBuilder};
+pub use watch::{EventKind, WatchBatch, WatchBuilder, WatchEvent, WatchStream};

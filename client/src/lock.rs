@@ -38,7 +38,7 @@ impl Client {
     /// alive while waiting.
     pub async fn lock_acquire(&self, request: AcquireRequest) -> Result<AcquireResponse, Error> {
         let config = self.config();
-        let timing = AcquireTiming::new(&request, config.request_timeout, config.attempt_timeout);
+        let timing = WaitTiming::new(&request, config.request_timeout, config.attempt_timeout);
         let wait_deadline = timing.wait.map(|wait| Instant::now() + wait);
         self.call_within(timing.total, timing.attempt_cap, |channel, timeout| {
             let mut request = request.clone();
@@ -122,38 +122,55 @@ impl Client {
     }
 }
 
-/// The time limits of one acquire call.
+/// The time limits of one call that waits on the server: a lock acquire or
+/// an election campaign.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct AcquireTiming {
+pub(crate) struct WaitTiming {
     /// The whole call, retries included.
-    total: Duration,
+    pub(crate) total: Duration,
     /// The cap on one attempt: the configured attempt timeout plus the wait,
     /// so a long wait is not mistaken for a silent member. `None` for an
     /// endless wait, where only the connection's keepalive pings can tell a
     /// frozen member from a lock that is simply taken.
-    attempt_cap: Option<Duration>,
+    pub(crate) attempt_cap: Option<Duration>,
     /// The wait the server is asked for, when it is finite and not
     /// `try_only`; retries ask for what is left of it.
-    wait: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
 }
 
-impl AcquireTiming {
+impl WaitTiming {
     fn new(
         request: &AcquireRequest,
         request_timeout: Duration,
         attempt_timeout: Option<Duration>,
     ) -> Self {
-        if request.try_only {
-            return AcquireTiming {
+        WaitTiming::for_wait(
+            request.try_only,
+            request.wait_timeout_ms,
+            request_timeout,
+            attempt_timeout,
+        )
+    }
+
+    /// The limits of a call that asks the server to wait `wait_timeout_ms`
+    /// (0: until the call's deadline), or not at all when `try_only`.
+    pub(crate) fn for_wait(
+        try_only: bool,
+        wait_timeout_ms: i64,
+        request_timeout: Duration,
+        attempt_timeout: Option<Duration>,
+    ) -> Self {
+        if try_only {
+            return WaitTiming {
                 total: request_timeout,
                 attempt_cap: attempt_timeout,
                 wait: None,
             };
         }
-        match u64::try_from(request.wait_timeout_ms) {
+        match u64::try_from(wait_timeout_ms) {
             Ok(ms) if ms > 0 => {
                 let wait = Duration::from_millis(ms);
-                AcquireTiming {
+                WaitTiming {
                     total: wait + request_timeout,
                     attempt_cap: attempt_timeout.map(|cap| cap + wait),
                     wait: Some(wait),
@@ -161,7 +178,7 @@ impl AcquireTiming {
             }
             // 0 (or a negative value, which the server rejects): no limit
             // but the call's deadline.
-            _ => AcquireTiming {
+            _ => WaitTiming {
                 total: WAIT_FOREVER,
                 attempt_cap: None,
                 wait: None,
@@ -190,8 +207,8 @@ mod tests {
             .wait_timeout(3 * SECOND)
             .to_request("a", 1);
         assert_eq!(
-            AcquireTiming::new(&finite, five, Some(SECOND)),
-            AcquireTiming {
+            WaitTiming::new(&finite, five, Some(SECOND)),
+            WaitTiming {
                 total: 8 * SECOND,
                 attempt_cap: Some(4 * SECOND),
                 wait: Some(3 * SECOND),
@@ -199,8 +216,8 @@ mod tests {
         );
         let forever = LockOptions::new().to_request("a", 1);
         assert_eq!(
-            AcquireTiming::new(&forever, five, Some(SECOND)),
-            AcquireTiming {
+            WaitTiming::new(&forever, five, Some(SECOND)),
+            WaitTiming {
                 total: WAIT_FOREVER,
                 attempt_cap: None,
                 wait: None,
@@ -208,8 +225,8 @@ mod tests {
         );
         let try_only = LockOptions::new().try_only().to_request("a", 1);
         assert_eq!(
-            AcquireTiming::new(&try_only, five, None),
-            AcquireTiming {
+            WaitTiming::new(&try_only, five, None),
+            WaitTiming {
                 total: five,
                 attempt_cap: None,
                 wait: None,

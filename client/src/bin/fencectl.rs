@@ -3,14 +3,17 @@
 //! Parsing lives in [`Cli`], one async function per command does the work,
 //! and everything printed to stdout goes through `output::Output`, so the
 //! simple and JSON formats are defined in one place. The commands that hold
-//! something have their own files: `lease` (with `lease keepalive`) and
-//! `lock`; `signals` is the SIGINT/SIGTERM handling they share.
+//! or follow something have their own files: `lease` (with `lease
+//! keepalive`), `lock`, `election` (`elect`, `leader`, `observe`) and
+//! `watch`; `signals` is the SIGINT/SIGTERM handling they share.
 //!
 //! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 the
 //! command line was wrong (clap's usage errors, and endpoints that cannot be
 //! parsed). `lock NAME -- CMD` exits with CMD's code instead (see
 //! `lock.rs`).
 
+#[path = "fencectl/election.rs"]
+mod election;
 #[path = "fencectl/lease.rs"]
 mod lease;
 #[path = "fencectl/lock.rs"]
@@ -19,6 +22,8 @@ mod lock;
 mod output;
 #[path = "fencectl/signals.rs"]
 mod signals;
+#[path = "fencectl/watch.rs"]
+mod watch;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,9 +33,11 @@ use clap::{CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 use fenced_client::pb::{DeleteRangeRequest, PutRequest, RangeRequest};
 use fenced_client::{Client, ClientConfig, DEFAULT_REQUEST_TIMEOUT};
 
+use crate::election::ElectArgs;
 use crate::lease::LeaseCommand;
 use crate::lock::LockArgs;
 use crate::output::{Format, Output, StatusRow};
+use crate::watch::WatchArgs;
 
 /// Command-line client for fenced.
 #[derive(Debug, Parser)]
@@ -49,8 +56,10 @@ struct Cli {
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Simple)]
     output: Format,
     /// Time one request may take, retries on other endpoints included, in
-    /// seconds [default: 5]. For `lock` it is how long to wait for the lock
-    /// instead, and requests take the default.
+    /// seconds [default: 5]. For `watch` and `observe` it is also how long a
+    /// broken stream may take to find a member that takes it back. For
+    /// `lock` it is how long to wait for the lock instead, and requests take
+    /// the default.
     // `lock --timeout` shares this argument (same clap id; clap then does not
     // add the global one to `lock`, and a value given before or after `lock`
     // lands in both). No clap default, since a default would become the
@@ -101,6 +110,22 @@ enum Command {
     },
     /// Hold a lock while CMD runs, or (without CMD) until Ctrl-C.
     Lock(LockArgs),
+    /// Campaign in an election; print when elected, lead until Ctrl-C,
+    /// then resign. Fails (exit 1) when the leadership is lost.
+    Elect(ElectArgs),
+    /// Show the leader of an election (or that it has none).
+    Leader {
+        /// The election's name.
+        name: String,
+    },
+    /// Show the leader of an election, then every change, until Ctrl-C.
+    Observe {
+        /// The election's name.
+        name: String,
+    },
+    /// Print every change of a key (or prefix), one line per event, until
+    /// Ctrl-C.
+    Watch(WatchArgs),
     /// Cluster membership.
     Member {
         #[command(subcommand)]
@@ -155,6 +180,10 @@ async fn run(command: Command, client: &Client, output: &Output) -> anyhow::Resu
     let done = match command {
         Command::Lease { command } => return lease::run(command, client, output).await,
         Command::Lock(args) => return lock::run(args, client, output).await,
+        Command::Elect(args) => return election::elect(args, client, output).await,
+        Command::Leader { name } => election::leader(client, output, &name).await,
+        Command::Observe { name } => election::observe(client, output, &name).await,
+        Command::Watch(args) => watch::run(args, client, output).await,
         Command::Put { key, value, lease } => put(client, output, key, value, lease).await,
         Command::Get {
             key,

@@ -1,6 +1,8 @@
-//! In-process fake members for the session, lock and fencectl tests: a
-//! `Lease` and a `Lock` service whose answers each test chooses, and a log
-//! of what they were asked.
+//! In-process fake members for the session, lock, election, watch and
+//! fencectl tests: `Lease`, `Lock` and `Election` services whose answers
+//! each test chooses, a log of what they were asked, and `Watch` and
+//! `Observe` streams that the test itself answers, message by message
+//! (see [`WatchCall`] and [`ObserveCall`]).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,18 +10,24 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fenced_client::pb::election_server::{Election, ElectionServer};
 use fenced_client::pb::lease_server::{Lease, LeaseServer};
 use fenced_client::pb::lock_server::{Lock, LockServer};
+use fenced_client::pb::watch_request::RequestUnion;
+use fenced_client::pb::watch_server::{Watch, WatchServer};
 use fenced_client::pb::{
-    AcquireRequest, AcquireResponse, CheckTokenRequest, CheckTokenResponse, DescribeRequest,
-    DescribeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    AcquireRequest, AcquireResponse, CampaignRequest, CampaignResponse, CheckTokenRequest,
+    CheckTokenResponse, DescribeRequest, DescribeResponse, LeaderKey, LeaderRequest,
+    LeaderResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
     LeaseKeepAliveResponse, LeaseListRequest, LeaseListResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    ReleaseRequest, ReleaseResponse,
+    ObserveRequest, ObserveResponse, ProclaimRequest, ProclaimResponse, ReleaseRequest,
+    ReleaseResponse, ResignRequest, ResignResponse, WatchCreateRequest, WatchRequest,
+    WatchResponse,
 };
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnboundedReceiverStream};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -42,6 +50,9 @@ pub enum KeepAlive {
     Code(Code),
 }
 
+/// The token of every leadership the fake grants.
+pub const LEADER_TOKEN: i64 = 42;
+
 /// What a fake member was asked.
 #[derive(Debug, Default)]
 pub struct Log {
@@ -49,6 +60,25 @@ pub struct Log {
     pub revokes: Vec<i64>,
     pub acquires: Vec<AcquireRequest>,
     pub releases: Vec<ReleaseRequest>,
+    pub campaigns: Vec<CampaignRequest>,
+    pub proclaims: Vec<ProclaimRequest>,
+    pub resigns: Vec<ResignRequest>,
+}
+
+/// A watch stream the fake accepted: the watch it was asked for, and the
+/// sender of the stream's responses. Send `Err` to end the stream with that
+/// status; drop the sender to end it cleanly.
+#[derive(Debug)]
+pub struct WatchCall {
+    pub create: WatchCreateRequest,
+    pub responses: mpsc::UnboundedSender<Result<WatchResponse, Status>>,
+}
+
+/// An observe stream the fake accepted, answered like a [`WatchCall`].
+#[derive(Debug)]
+pub struct ObserveCall {
+    pub request: ObserveRequest,
+    pub responses: mpsc::UnboundedSender<Result<ObserveResponse, Status>>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,11 +87,21 @@ struct FakeMember {
     /// change it while a session runs.
     keepalive: Arc<Mutex<KeepAlive>>,
     log: Arc<Mutex<Log>>,
+    /// Woken whenever the log changes, for tests that wait for a request
+    /// sent in the background.
+    logged: Arc<Notify>,
+    watch_calls: mpsc::UnboundedSender<WatchCall>,
+    observe_calls: mpsc::UnboundedSender<ObserveCall>,
 }
 
 impl FakeMember {
     fn keepalive(&self) -> KeepAlive {
         *self.keepalive.lock().unwrap()
+    }
+
+    fn record(&self, entry: impl FnOnce(&mut Log)) {
+        entry(&mut self.log.lock().unwrap());
+        self.logged.notify_waiters();
     }
 }
 
@@ -85,11 +125,8 @@ impl Lease for FakeMember {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        self.log
-            .lock()
-            .unwrap()
-            .revokes
-            .push(request.into_inner().id);
+        let id = request.into_inner().id;
+        self.record(|log| log.revokes.push(id));
         Ok(Response::new(LeaseRevokeResponse { header: None }))
     }
 
@@ -107,7 +144,7 @@ impl Lease for FakeMember {
         let member = self.clone();
         tokio::spawn(async move {
             while let Some(Ok(request)) = requests.next().await {
-                member.log.lock().unwrap().keepalives += 1;
+                member.record(|log| log.keepalives += 1);
                 let answer = match member.keepalive() {
                     KeepAlive::Answer => LeaseKeepAliveResponse {
                         id: request.id,
@@ -183,7 +220,7 @@ impl Lock for FakeMember {
         request: Request<AcquireRequest>,
     ) -> Result<Response<AcquireResponse>, Status> {
         let request = request.into_inner();
-        self.log.lock().unwrap().acquires.push(request.clone());
+        self.record(|log| log.acquires.push(request.clone()));
         match request.name.as_str() {
             "free" => Ok(Response::new(AcquireResponse {
                 token: 42,
@@ -205,7 +242,8 @@ impl Lock for FakeMember {
         &self,
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
-        self.log.lock().unwrap().releases.push(request.into_inner());
+        let request = request.into_inner();
+        self.record(|log| log.releases.push(request));
         Ok(Response::new(ReleaseResponse { header: None }))
     }
 
@@ -224,14 +262,169 @@ impl Lock for FakeMember {
     }
 }
 
+/// Election `free` elects at once with token 42; in `busy` a campaign
+/// waits out its wait (or forever). `none` has no leader; every other
+/// election is led by lease 7 with value `node-a`. Proclaim and resign
+/// succeed for token 42 and are FAILED_PRECONDITION for any other.
+#[tonic::async_trait]
+impl Election for FakeMember {
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let request = request.into_inner();
+        self.record(|log| log.campaigns.push(request.clone()));
+        match request.name.as_str() {
+            "busy" if request.wait_timeout_ms > 0 => {
+                tokio::time::sleep(Duration::from_millis(request.wait_timeout_ms as u64)).await;
+                Err(Status::deadline_exceeded(format!(
+                    "waited {} ms in election busy",
+                    request.wait_timeout_ms
+                )))
+            }
+            "busy" => std::future::pending().await,
+            name => Ok(Response::new(CampaignResponse {
+                header: None,
+                leader: Some(leader_key(name, request.lease)),
+            })),
+        }
+    }
+
+    async fn proclaim(
+        &self,
+        request: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        let request = request.into_inner();
+        self.record(|log| log.proclaims.push(request.clone()));
+        current(request.leader.as_ref())?;
+        Ok(Response::new(ProclaimResponse { header: None }))
+    }
+
+    async fn leader(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        let name = request.into_inner().name;
+        if name == "none" {
+            return Err(Status::not_found(format!("election {name} has no leader")));
+        }
+        Ok(Response::new(LeaderResponse {
+            header: None,
+            leader: Some(leader_key(&name, LEASE)),
+            value: b"node-a".to_vec(),
+        }))
+    }
+
+    type ObserveStream = UnboundedReceiverStream<Result<ObserveResponse, Status>>;
+
+    async fn observe(
+        &self,
+        request: Request<ObserveRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        let (responses, stream) = mpsc::unbounded_channel();
+        let call = ObserveCall {
+            request: request.into_inner(),
+            responses,
+        };
+        self.observe_calls
+            .send(call)
+            .map_err(|_| Status::internal("no test takes observe calls"))?;
+        Ok(Response::new(UnboundedReceiverStream::new(stream)))
+    }
+
+    async fn resign(
+        &self,
+        request: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let request = request.into_inner();
+        self.record(|log| log.resigns.push(request.clone()));
+        current(request.leader.as_ref())?;
+        Ok(Response::new(ResignResponse { header: None }))
+    }
+}
+
+pub fn leader_key(name: &str, lease: i64) -> LeaderKey {
+    LeaderKey {
+        name: name.to_owned(),
+        key: format!("__fenced/election/{name}/@{lease}").into_bytes(),
+        token: LEADER_TOKEN,
+        lease,
+    }
+}
+
+fn current(leader: Option<&LeaderKey>) -> Result<(), Status> {
+    match leader {
+        Some(leader) if leader.token == LEADER_TOKEN => Ok(()),
+        _ => Err(Status::failed_precondition("not the current leader")),
+    }
+}
+
+/// Hands every watch stream to the test, once its first request (the
+/// create) has arrived; the test answers it through the [`WatchCall`].
+#[tonic::async_trait]
+impl Watch for FakeMember {
+    type WatchStream = UnboundedReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut requests = request.into_inner();
+        let (responses, stream) = mpsc::unbounded_channel();
+        let calls = self.watch_calls.clone();
+        tokio::spawn(async move {
+            let Some(Ok(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            })) = requests.next().await
+            else {
+                return;
+            };
+            if calls.send(WatchCall { create, responses }).is_err() {
+                return;
+            }
+            // Keep reading, so the request side stays open as long as the
+            // client keeps it open.
+            while let Some(Ok(_)) = requests.next().await {}
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(stream)))
+    }
+}
+
 /// A running fake member: its address and what it was asked.
 pub struct Fake {
     pub endpoint: String,
     pub log: Arc<Mutex<Log>>,
     keepalive: Arc<Mutex<KeepAlive>>,
+    logged: Arc<Notify>,
+    watch_calls: tokio::sync::Mutex<mpsc::UnboundedReceiver<WatchCall>>,
+    observe_calls: tokio::sync::Mutex<mpsc::UnboundedReceiver<ObserveCall>>,
 }
 
 impl Fake {
+    /// The next watch stream a client opens on this member.
+    pub async fn next_watch(&self) -> WatchCall {
+        self.watch_calls.lock().await.recv().await.unwrap()
+    }
+
+    /// The next observe stream a client opens on this member.
+    pub async fn next_observe(&self) -> ObserveCall {
+        self.observe_calls.lock().await.recv().await.unwrap()
+    }
+
+    /// Waits until the log satisfies `done` (checked now and after every
+    /// change), for requests a client sends in the background.
+    pub async fn wait_for(&self, done: impl Fn(&Log) -> bool) {
+        loop {
+            let changed = self.logged.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(&self.log.lock().unwrap()) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     pub fn keepalives(&self) -> usize {
         self.log.lock().unwrap().keepalives
     }
@@ -245,21 +438,32 @@ impl Fake {
 pub async fn fake(keepalive: KeepAlive) -> Fake {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = listener.local_addr().unwrap().to_string();
+    let (watch_calls, watch_inbox) = mpsc::unbounded_channel();
+    let (observe_calls, observe_inbox) = mpsc::unbounded_channel();
     let member = FakeMember {
         keepalive: Arc::new(Mutex::new(keepalive)),
         log: Arc::default(),
+        logged: Arc::default(),
+        watch_calls,
+        observe_calls,
     };
     let log = member.log.clone();
     let keepalive = member.keepalive.clone();
+    let logged = member.logged.clone();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(LeaseServer::new(member.clone()))
-            .add_service(LockServer::new(member))
+            .add_service(LockServer::new(member.clone()))
+            .add_service(ElectionServer::new(member.clone()))
+            .add_service(WatchServer::new(member))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     Fake {
         endpoint,
         log,
         keepalive,
+        logged,
+        watch_calls: tokio::sync::Mutex::new(watch_inbox),
+        observe_calls: tokio::sync::Mutex::new(observe_inbox),
     }
 }

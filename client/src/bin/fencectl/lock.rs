@@ -226,7 +226,7 @@ async fn release(guard: LockGuard) {
 /// (the revoke itself gives up after the request timeout): by then the
 /// lease ends by itself, and a cluster that does not answer must not hold
 /// up the exit any longer.
-async fn close_quietly(session: Session) {
+pub(crate) async fn close_quietly(session: Session) {
     let ttl = session.ttl();
     let _ = tokio::time::timeout(ttl, session.close()).await;
 }

@@ -11,7 +11,9 @@ use fenced_client::pb::{
     DeleteRangeResponse, KeyValue, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveResponse,
     Member, PutResponse, StatusResponse,
 };
-use fenced_client::{Error, LockGuard};
+use fenced_client::{
+    Error, EventKind, LeaderInfo, Leadership, LockGuard, Observation, WatchBatch, WatchEvent,
+};
 use serde::Serialize;
 
 /// The output formats of `-o/--output`.
@@ -180,6 +182,64 @@ impl Output {
             Format::Json => print_json([grant]),
         }
     }
+
+    /// `elect`, once elected: `elected leader of NAME: token T, key K,
+    /// lease L`, or `{"name", "value", "token", "key", "lease"}`.
+    pub(crate) fn elected(&self, leadership: &Leadership, value: &[u8]) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines([format!(
+                "elected leader of {}: token {}, key {}, lease {}",
+                leadership.name(),
+                leadership.token(),
+                text(leadership.key()),
+                leadership.lease()
+            )]),
+            Format::Json => print_json([LeaderJson {
+                name: leadership.name().to_owned(),
+                value: Some(text(value)),
+                token: Some(leadership.token()),
+                key: Some(text(leadership.key())),
+                lease: Some(leadership.lease()),
+                revision: None,
+            }]),
+        }
+    }
+
+    /// `leader`: `NAME: VALUE (token T, key K, lease L)` or `NAME: no
+    /// leader`; or one object (see [`LeaderJson`]).
+    pub(crate) fn leader(&self, name: &str, leader: Option<&LeaderInfo>) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines([leader_line(name, leader, None)]),
+            Format::Json => print_json([LeaderJson::new(name, leader, None)]),
+        }
+    }
+
+    /// `observe`, once per observation: the `leader` line with the
+    /// revision in the parentheses (`NAME: no leader (revision R)`), or the
+    /// `leader` object with `revision`.
+    pub(crate) fn observation(&self, name: &str, observation: &Observation) -> io::Result<()> {
+        let (leader, revision) = (observation.leader.as_ref(), Some(observation.revision));
+        match self.format {
+            Format::Simple => print_lines([leader_line(name, leader, revision)]),
+            Format::Json => print_json([LeaderJson::new(name, leader, revision)]),
+        }
+    }
+
+    /// `watch`, one line per event: `PUT KEY = VALUE (revision R)` or
+    /// `DELETE KEY (revision R)`, with `, prev VALUE` in the parentheses
+    /// when `prev_kv` asked for it and the key existed; or one object per
+    /// event (see [`EventJson`]).
+    pub(crate) fn watch_batch(&self, batch: &WatchBatch, prev_kv: bool) -> io::Result<()> {
+        match self.format {
+            Format::Simple => print_lines(batch.events.iter().map(event_line)),
+            Format::Json => print_json(
+                batch
+                    .events
+                    .iter()
+                    .map(|event| EventJson::new(event, prev_kv)),
+            ),
+        }
+    }
 }
 
 /// Whether a command failed only because stdout was closed (`fencectl get
@@ -246,6 +306,94 @@ struct LockJson {
     token: i64,
     key: String,
     lease: i64,
+}
+
+/// The leader of an election, for `elect`, `leader` and `observe`. Every
+/// field is always there: without a leader, `value`, `token`, `key` and
+/// `lease` are `null`, so `token == null` is the test for "no leader".
+/// `revision` is only in `observe`'s objects.
+#[derive(Serialize)]
+struct LeaderJson {
+    name: String,
+    value: Option<String>,
+    token: Option<i64>,
+    key: Option<String>,
+    lease: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<i64>,
+}
+
+impl LeaderJson {
+    fn new(name: &str, leader: Option<&LeaderInfo>, revision: Option<i64>) -> Self {
+        LeaderJson {
+            name: name.to_owned(),
+            value: leader.map(|leader| text(&leader.value)),
+            token: leader.map(|leader| leader.token),
+            key: leader.map(|leader| text(&leader.key)),
+            lease: leader.map(|leader| leader.lease),
+            revision,
+        }
+    }
+}
+
+/// One watch event. `prev_value` is there only with `--prev-kv`, and is
+/// `null` when the key did not exist before.
+#[derive(Serialize)]
+struct EventJson {
+    r#type: &'static str,
+    key: String,
+    value: String,
+    mod_revision: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_value: Option<Option<String>>,
+}
+
+impl EventJson {
+    fn new(event: &WatchEvent, prev_kv: bool) -> Self {
+        EventJson {
+            r#type: event.kind.as_str(),
+            key: text(&event.kv.key),
+            value: text(&event.kv.value),
+            mod_revision: event.kv.mod_revision,
+            prev_value: prev_kv.then(|| event.prev_kv.as_ref().map(|kv| text(&kv.value))),
+        }
+    }
+}
+
+/// The text form of a leader: `NAME: VALUE (token T, key K, lease L)`, or
+/// `NAME: no leader`, with `, revision R` (or ` (revision R)`) for
+/// `observe`.
+fn leader_line(name: &str, leader: Option<&LeaderInfo>, revision: Option<i64>) -> String {
+    let revision = revision.map(|revision| format!("revision {revision}"));
+    match (leader, revision) {
+        (Some(leader), revision) => {
+            let mut details = format!(
+                "token {}, key {}, lease {}",
+                leader.token,
+                text(&leader.key),
+                leader.lease
+            );
+            if let Some(revision) = revision {
+                details.push_str(&format!(", {revision}"));
+            }
+            format!("{name}: {} ({details})", text(&leader.value))
+        }
+        (None, Some(revision)) => format!("{name}: no leader ({revision})"),
+        (None, None) => format!("{name}: no leader"),
+    }
+}
+
+/// The text form of a watch event; see [`Output::watch_batch`].
+fn event_line(event: &WatchEvent) -> String {
+    let kv = &event.kv;
+    let mut details = format!("revision {}", kv.mod_revision);
+    if let Some(prev) = &event.prev_kv {
+        details.push_str(&format!(", prev {}", text(&prev.value)));
+    }
+    match event.kind {
+        EventKind::Put => format!("PUT {} = {} ({details})", text(&kv.key), text(&kv.value)),
+        EventKind::Delete => format!("DELETE {} ({details})", text(&kv.key)),
+    }
 }
 
 #[derive(Serialize)]
@@ -465,6 +613,96 @@ mod tests {
                 "granted_ttl": 10,
                 "remaining_ms": 8500,
                 "keys": ["a", "__fenced/lock/db/@7"],
+            })
+        );
+    }
+
+    fn leader_info() -> LeaderInfo {
+        LeaderInfo {
+            name: "db".to_owned(),
+            key: b"__fenced/election/db/@7".to_vec(),
+            token: 12,
+            lease: 7,
+            value: b"node-a".to_vec(),
+        }
+    }
+
+    #[test]
+    fn leaders_in_both_formats() {
+        let leader = leader_info();
+        assert_eq!(
+            leader_line("db", Some(&leader), None),
+            "db: node-a (token 12, key __fenced/election/db/@7, lease 7)"
+        );
+        assert_eq!(
+            leader_line("db", Some(&leader), Some(15)),
+            "db: node-a (token 12, key __fenced/election/db/@7, lease 7, revision 15)"
+        );
+        assert_eq!(leader_line("db", None, None), "db: no leader");
+        assert_eq!(
+            leader_line("db", None, Some(18)),
+            "db: no leader (revision 18)"
+        );
+        assert_eq!(
+            serde_json::to_value(LeaderJson::new("db", Some(&leader), None)).unwrap(),
+            serde_json::json!({
+                "name": "db",
+                "value": "node-a",
+                "token": 12,
+                "key": "__fenced/election/db/@7",
+                "lease": 7,
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(LeaderJson::new("db", None, Some(18))).unwrap(),
+            serde_json::json!({
+                "name": "db",
+                "value": null,
+                "token": null,
+                "key": null,
+                "lease": null,
+                "revision": 18,
+            })
+        );
+    }
+
+    #[test]
+    fn watch_events_in_both_formats() {
+        let kv = |key: &str, value: &str, mod_revision| KeyValue {
+            key: key.into(),
+            value: value.into(),
+            mod_revision,
+            ..KeyValue::default()
+        };
+        let put = WatchEvent {
+            kind: EventKind::Put,
+            kv: kv("a", "2", 14),
+            prev_kv: Some(kv("a", "1", 12)),
+        };
+        let delete = WatchEvent {
+            kind: EventKind::Delete,
+            kv: kv("b", "", 14),
+            prev_kv: None,
+        };
+        assert_eq!(event_line(&put), "PUT a = 2 (revision 14, prev 1)");
+        assert_eq!(event_line(&delete), "DELETE b (revision 14)");
+        assert_eq!(
+            serde_json::to_value(EventJson::new(&put, false)).unwrap(),
+            serde_json::json!({"type": "PUT", "key": "a", "value": "2", "mod_revision": 14})
+        );
+        assert_eq!(
+            serde_json::to_value(EventJson::new(&put, true)).unwrap()["prev_value"],
+            "1"
+        );
+        let json = serde_json::to_value(EventJson::new(&delete, true)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "type": "DELETE",
+                "key": "b",
+                "value": "",
+                "mod_revision": 14,
+                "prev_value": null,
             })
         );
     }
