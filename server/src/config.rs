@@ -81,11 +81,16 @@ pub struct Config {
     #[arg(long, default_value_t = 24 * 3600)]
     pub max_lease_ttl: i64,
 
-    /// Revisions of applied events each member keeps for watches that start
-    /// in the past (and for resuming a watch after a reconnect). Memory grows
-    /// with it: every retained event holds its key and value.
-    #[arg(long, default_value_t = 10_000)]
+    /// Revisions of applied events each member keeps in memory for watches
+    /// that start in the past, and for resuming a watch or an observer after
+    /// a reconnect.
+    #[arg(long, default_value_t = 100_000)]
     pub watch_history: usize,
+
+    /// Most bytes the watch history may hold (keys, values and previous
+    /// values of its events); the oldest revisions go first.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub watch_history_bytes: usize,
 
     /// How often a watch created with `progress_notify` gets a progress
     /// response, in milliseconds.

@@ -17,11 +17,12 @@ use tonic::{Request, Response, Status};
 use crate::api::convert::check_name;
 use crate::api::lease::unexpected;
 use crate::api::lock::wait_for_grant;
+use crate::api::watch::leaderless;
 use crate::api::{client_timeout, header};
 use crate::node::Node;
 use crate::state::{
-    AcquireCommand, Command, EventKind, KeyValue, Leader, LockMode, Response as Applied,
-    election_lock_name, leader_record_key, lock_key,
+    AcquireCommand, Command, EventKind, KeyValue, Leader, LockMode, RangeRequest,
+    Response as Applied, election_lock_name, leader_record_key, lock_key,
 };
 use crate::watch::{Ended, Outgoing, WatchSpec};
 
@@ -228,19 +229,38 @@ impl Election for ElectionService {
             progress_notify: false,
         };
         let (tx, rx) = mpsc::channel(16);
-        let first = if req.start_revision == 0 {
-            // The current leader, then the changes after its revision. The
-            // state lock is released before anything is awaited.
-            let (revision, leader) = {
-                let state = self.node.state();
-                (state.revision(), state.leader(&req.name))
-            };
-            let backlog = hub.create(1, spec, revision + 1);
-            (Some(self.observation(revision, leader.as_ref())), backlog)
-        } else {
-            (None, hub.create(1, spec, req.start_revision))
+        // The current leader, then the changes after its revision; read in
+        // one look at the state, released before anything is awaited. A
+        // resume from a revision the history no longer holds is served the
+        // same way when the leader record has not changed since that
+        // revision: nothing was missed, and the first answer repeats the
+        // state the observer already knows.
+        let (current, leader, unchanged_since) = {
+            let state = self.node.state();
+            let record = state
+                .range(&RangeRequest {
+                    key: leader_record_key(&req.name),
+                    ..RangeRequest::default()
+                })
+                .kvs
+                .into_iter()
+                .next();
+            (
+                state.revision(),
+                state.leader(&req.name),
+                record.map(|r| r.mod_revision),
+            )
         };
-        let (first, backlog) = first;
+        let (oldest, _) = self.node.watch_hub().window();
+        let start = req.start_revision;
+        let from_now = start == 0
+            || (start < oldest && unchanged_since.is_some_and(|changed| changed < start));
+        let (first, backlog) = if from_now {
+            let backlog = hub.create(1, spec, current + 1);
+            (Some(self.observation(current, leader.as_ref())), backlog)
+        } else {
+            (None, hub.create(1, spec, start))
+        };
         let service = self.clone();
         let name = req.name;
         tokio::spawn(async move {
@@ -249,9 +269,17 @@ impl Election for ElectionService {
             {
                 return;
             }
+            let leaderless = leaderless(service.node.clone());
+            tokio::pin!(leaderless);
             loop {
                 let out = tokio::select! {
                     biased;
+                    () = &mut leaderless => {
+                        let _ = tx.send(Err(Status::unavailable(format!(
+                            "observe {name:?}: this member has no leader (partitioned or in an election); observe again from the revision after the last one received, on another member"
+                        )))).await;
+                        return;
+                    }
                     ended = hub.control.recv() => {
                         let status = match ended.map(|c| c.ended) {
                             Some(Ended::Compacted { oldest }) => Status::out_of_range(format!(

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::time::Duration;
 
 use fenced_proto::pb::{self, watch_server::Watch};
 use tokio::sync::mpsc;
@@ -89,6 +90,9 @@ type Flow = Result<(), ()>;
 
 impl StreamTask {
     async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
+        let mut requests_done = false;
+        let leaderless = leaderless(self.node.clone());
+        tokio::pin!(leaderless);
         loop {
             let flow = tokio::select! {
                 biased;
@@ -96,18 +100,29 @@ impl StreamTask {
                     Some(control) => self.ended(control).await,
                     None => Err(()),
                 },
-                request = inbound.message() => match request {
+                request = inbound.message(), if !requests_done => match request {
                     Ok(Some(request)) => self.request(request).await,
-                    // The client closed its side, or the connection broke.
-                    Ok(None) | Err(_) => Err(()),
+                    // The client sent all its requests; its watches go on
+                    // until it goes away.
+                    Ok(None) => {
+                        requests_done = true;
+                        Ok(())
+                    }
+                    // The connection broke.
+                    Err(_) => Err(()),
                 },
                 out = self.hub.queue.recv() => match out {
                     Some(out) => self.forward(out).await,
                     None => {
-                        self.shutting_down().await;
+                        self.end_all("member is shutting down").await;
                         Err(())
                     }
                 },
+                () = &mut leaderless => {
+                    self.end_all("member has no leader (partitioned or in an election)").await;
+                    Err(())
+                }
+                () = self.tx.closed() => Err(()),
             };
             if flow.is_err() {
                 return;
@@ -350,9 +365,10 @@ impl StreamTask {
         self.send(response).await
     }
 
-    /// The hub stopped (the member is shutting down): tell every watch where
-    /// to resume, then end the stream.
-    async fn shutting_down(&mut self) {
+    /// This member cannot serve the stream any more (shutting down, or cut
+    /// off from the leader so its state may be stale): tell every watch
+    /// where to resume, then end the stream.
+    async fn end_all(&mut self, why: &str) {
         let revision = self.node.watch_hub().window().1;
         let watches: Vec<(i64, i64)> = self
             .watches
@@ -365,7 +381,7 @@ impl StreamTask {
                 resume_revision: resume_from,
                 code: Code::Unavailable as i32,
                 cancel_reason: format!(
-                    "member is shutting down; watch again from revision {resume_from} on another member"
+                    "{why}; watch again from revision {resume_from} on another member"
                 ),
                 ..self.response(watch_id, revision)
             };
@@ -375,8 +391,30 @@ impl StreamTask {
         }
         let _ = self
             .tx
-            .send(Err(Status::unavailable("member is shutting down")))
+            .send(Err(Status::unavailable(why.to_string())))
             .await;
+    }
+}
+
+/// Resolves once this member has known no leader for a whole election
+/// timeout. A member cut off from the leader applies nothing new, so its
+/// watchers would wait in silence while the rest of the cluster moves on;
+/// ending their streams sends them to a member that can serve them (what
+/// etcd's `WithRequireLeader` does on request, by default here).
+pub(crate) async fn leaderless(node: Node) {
+    let patience = node.status().election_timeout();
+    let mut since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if node.status().leader() != 0 {
+            since = None;
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        if now - *since.get_or_insert(now) >= patience {
+            return;
+        }
     }
 }
 

@@ -103,6 +103,7 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
         peers: RwLock::new(members.clone()),
         watch: crate::watch::WatchHub::start(
             config.watch_history,
+            config.watch_history_bytes,
             std::time::Duration::from_millis(config.watch_progress_interval_ms),
         )
         .context("cannot start the watch fan-out thread")?,

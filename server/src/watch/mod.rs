@@ -159,10 +159,15 @@ pub struct WatchHub {
 }
 
 impl WatchHub {
-    /// Starts the fan-out thread with a history of `capacity` revisions and
-    /// progress notifications every `progress_interval`.
-    pub fn start(capacity: usize, progress_interval: Duration) -> std::io::Result<Self> {
-        let history = Arc::new(RwLock::new(History::new(capacity)));
+    /// Starts the fan-out thread with a history of `capacity` revisions (at
+    /// most `max_bytes` of events) and progress notifications every
+    /// `progress_interval`.
+    pub fn start(
+        capacity: usize,
+        max_bytes: usize,
+        progress_interval: Duration,
+    ) -> std::io::Result<Self> {
+        let history = Arc::new(RwLock::new(History::new(capacity, max_bytes)));
         let (tx, rx) = std_mpsc::channel();
         let fanout = Fanout::new(history.clone(), progress_interval);
         std::thread::Builder::new()

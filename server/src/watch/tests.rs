@@ -96,7 +96,7 @@ async fn revisions_until(stream: &mut Reader, watch_id: i64, last: i64) -> Vec<i
 
 #[test]
 fn history_keeps_the_last_revisions() {
-    let mut history = History::new(3);
+    let mut history = History::new(3, usize::MAX);
     assert_eq!((history.oldest(), history.head()), (1, 0));
     for revision in 1..=5 {
         history.append(revision, vec![put("k", revision)]);
@@ -110,9 +110,32 @@ fn history_keeps_the_last_revisions() {
     assert_eq!(history.head(), 5);
 }
 
+#[test]
+fn history_keeps_within_its_size_but_always_the_newest() {
+    // Each event costs its overhead plus "k" and "vN".
+    // (Values "v10".."v99" all have the same length.)
+    let one = event_bytes_of(&put("k", 10));
+    let mut history = History::new(100, 3 * one);
+    for revision in 10..=20 {
+        history.append(revision, vec![put("k", revision)]);
+    }
+    assert_eq!((history.oldest(), history.head()), (18, 20));
+    assert_eq!(history.bytes(), 3 * one);
+    let mut tiny = History::new(100, 1);
+    tiny.append(1, vec![put("k", 1)]);
+    tiny.append(2, vec![put("k", 2)]);
+    assert_eq!((tiny.oldest(), tiny.head()), (2, 2));
+}
+
+fn event_bytes_of(event: &Event) -> usize {
+    let mut probe = History::new(1, usize::MAX);
+    probe.append(1, vec![event.clone()]);
+    probe.bytes()
+}
+
 #[tokio::test]
 async fn a_watch_from_now_gets_new_revisions_only() {
-    let hub = WatchHub::start(100, Duration::from_secs(60)).expect("hub");
+    let hub = WatchHub::start(100, usize::MAX, Duration::from_secs(60)).expect("hub");
     write(&hub, "k", 1, 3);
     let mut stream = Reader::open(&hub);
     // Wait until the hub saw revisions 1-3 before creating the watch.
@@ -130,7 +153,7 @@ async fn a_watch_from_now_gets_new_revisions_only() {
 
 #[tokio::test]
 async fn a_watch_from_the_past_is_caught_up_then_follows() {
-    let hub = WatchHub::start(1000, Duration::from_secs(60)).expect("hub");
+    let hub = WatchHub::start(1000, usize::MAX, Duration::from_secs(60)).expect("hub");
     write(&hub, "k", 1, 500);
     let mut stream = Reader::open(&hub);
     stream.create(1, spec("k", false), 100);
@@ -141,7 +164,7 @@ async fn a_watch_from_the_past_is_caught_up_then_follows() {
 
 #[tokio::test]
 async fn prefix_and_filters_select_events_within_a_revision() {
-    let hub = WatchHub::start(100, Duration::from_secs(60)).expect("hub");
+    let hub = WatchHub::start(100, usize::MAX, Duration::from_secs(60)).expect("hub");
     let mut stream = Reader::open(&hub);
     stream.create(1, spec("a/", true), 1);
     stream.create(
@@ -191,7 +214,7 @@ async fn prefix_and_filters_select_events_within_a_revision() {
 
 #[tokio::test]
 async fn a_start_below_the_window_is_compacted() {
-    let hub = WatchHub::start(10, Duration::from_secs(60)).expect("hub");
+    let hub = WatchHub::start(10, usize::MAX, Duration::from_secs(60)).expect("hub");
     write(&hub, "k", 1, 50);
     let mut stream = Reader::open(&hub);
     stream.create(3, spec("k", false), 5);
@@ -205,29 +228,26 @@ async fn a_start_below_the_window_is_compacted() {
 
 #[tokio::test]
 async fn a_stream_that_does_not_read_is_canceled_and_others_go_on() {
-    let hub = WatchHub::start(10_000, Duration::from_secs(60)).expect("hub");
+    let hub = WatchHub::start(10_000, usize::MAX, Duration::from_secs(60)).expect("hub");
     let mut stalled = Reader::open(&hub);
     let mut reader = Reader::open(&hub);
     stalled.create(1, spec("k", false), 0);
     reader.create(1, spec("k", false), 0);
     assert!(matches!(next(&mut reader).await, Outgoing::Created { .. }));
     let total = WATCH_BACKLOG as i64 + 200;
-    let writer = {
-        let hub = hub.clone();
-        tokio::task::spawn_blocking(move || {
-            for revision in 1..=total {
-                hub.append(revision, vec![put("k", revision)]);
-                hub.applied();
-            }
-        })
-    };
-    let seen = revisions_until(&mut reader, 1, total).await;
+    // The reader keeps up (it reads each chunk before the next is written);
+    // the stalled stream reads nothing.
+    let mut seen = Vec::new();
+    for chunk in (1..=total).step_by(100) {
+        let last = (chunk + 99).min(total);
+        write(&hub, "k", chunk, last);
+        seen.extend(revisions_until(&mut reader, 1, last).await);
+    }
     assert_eq!(
         seen,
         (1..=total).collect::<Vec<_>>(),
         "the reader misses nothing"
     );
-    writer.await.expect("writer");
     let control = tokio::time::timeout(Duration::from_secs(10), stalled.stream.control.recv())
         .await
         .expect("the stalled stream is told")
@@ -246,7 +266,7 @@ async fn a_stream_that_does_not_read_is_canceled_and_others_go_on() {
 
 #[tokio::test]
 async fn progress_waits_until_the_stream_is_level() {
-    let hub = WatchHub::start(1000, Duration::from_secs(60)).expect("hub");
+    let hub = WatchHub::start(1000, usize::MAX, Duration::from_secs(60)).expect("hub");
     write(&hub, "k", 1, 20);
     let mut stream = Reader::open(&hub);
     stream.create(1, spec("k", false), 1);
@@ -268,7 +288,7 @@ async fn progress_waits_until_the_stream_is_level() {
 
 #[tokio::test]
 async fn many_watches_on_one_stream_are_not_too_slow_for_a_burst() {
-    let hub = WatchHub::start(1000, Duration::from_secs(60)).expect("hub");
+    let hub = WatchHub::start(1000, usize::MAX, Duration::from_secs(60)).expect("hub");
     let mut reader = Reader::open(&hub);
     let watches = 2_000;
     for id in 1..=watches {
