@@ -34,6 +34,8 @@
 //!   ([`Cluster::contents`]), to compare members after a fault.
 //! - `history`: [`History`], the writes a cluster acknowledged, to check
 //!   every member against.
+//! - `metrics`: a member's Prometheus metrics ([`Cluster::metric`],
+//!   [`Cluster::wait_for_watchers`]), for what only the server can see.
 //!
 //! A [`Cluster`] prints the last lines of every member's log when it is
 //! dropped; the test runner shows that output for failing tests only. Set
@@ -44,6 +46,7 @@ mod cluster;
 mod converge;
 mod history;
 mod member;
+mod metrics;
 mod ports;
 mod proxy;
 mod wait;
