@@ -145,6 +145,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(Err(_)) | Err(_) => anyhow::anyhow!("the raft driver panicked"),
         }),
     };
+    // Watch and observe streams never end by themselves: end them first,
+    // each watch told where to resume, before the listeners stop.
+    node.watch_hub().shutdown(Duration::from_secs(1)).await;
     let _ = stop_tx.send(true);
     lessor_task.abort();
     node.shutdown();

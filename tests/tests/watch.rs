@@ -566,26 +566,27 @@ async fn a_restarted_member_serves_watches_from_the_history_it_rebuilt() -> anyh
         "{canceled:?}"
     );
 
-    // A clean stop (SIGTERM) with a watch open: the member exits cleanly
-    // and the stream ends with it. (An in-band cancel naming the revision to
-    // resume from is checked when one comes; today the stream just breaks,
-    // and the client resumes from its own last revision.)
+    // A clean stop (SIGTERM) with a watch open: the member tells the watch
+    // where to resume (the revision after the last one it had to send),
+    // ends the stream, and exits cleanly.
     conn.create_and_confirm(create(2, "hist/", true, 0)).await?;
     let status = cluster.stop(member).await?;
     ensure!(status.success(), "member {member} exited with {status}");
-    match tokio::time::timeout(Duration::from_secs(5), conn.responses.message()).await {
-        Err(_) => bail!("the open watch did not end when its member exited"),
-        Ok(Ok(Some(response))) => {
-            eprintln!("on SIGTERM the open watch got {response:?}");
-            ensure!(
-                response.canceled && response.watch_id == 2 && response.resume_revision == last + 1,
-                "on shutdown, expected a cancel naming revision {} to resume from: {response:?}",
-                last + 1
-            );
-        }
-        Ok(Ok(None)) => eprintln!("on SIGTERM the open watch ended"),
-        Ok(Err(status)) => eprintln!("on SIGTERM the open watch broke: {status}"),
-    }
+    let response =
+        match tokio::time::timeout(Duration::from_secs(5), conn.responses.message()).await {
+            Err(_) => bail!("the open watch did not end when its member exited"),
+            Ok(Ok(Some(response))) => response,
+            Ok(Ok(None)) => bail!("on SIGTERM the open watch ended without a cancel"),
+            Ok(Err(status)) => bail!("on SIGTERM the open watch broke without a cancel: {status}"),
+        };
+    ensure!(
+        response.canceled
+            && response.watch_id == 2
+            && response.code == tonic::Code::Unavailable as i32
+            && response.resume_revision == last + 1,
+        "on shutdown, expected an UNAVAILABLE cancel naming revision {} to resume from: {response:?}",
+        last + 1
+    );
     write_many(&client, &mut writes, 300, 50).await?;
     cluster.restart(member)?;
     wait_for(

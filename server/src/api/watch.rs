@@ -98,18 +98,20 @@ impl StreamTask {
                 biased;
                 control = self.hub.control.recv() => match control {
                     Some(control) => self.ended(control).await,
-                    None => Err(()),
+                    // The hub stopped: the member is shutting down.
+                    None => {
+                        self.end_all("member is shutting down").await;
+                        Err(())
+                    }
                 },
                 request = inbound.message(), if !requests_done => match request {
                     Ok(Some(request)) => self.request(request).await,
-                    // The client sent all its requests; its watches go on
-                    // until it goes away.
-                    Ok(None) => {
+                    // The client sent all its requests (or its side broke):
+                    // its watches go on until the response side is gone.
+                    Ok(None) | Err(_) => {
                         requests_done = true;
                         Ok(())
                     }
-                    // The connection broke.
-                    Err(_) => Err(()),
                 },
                 out = self.hub.queue.recv() => match out {
                     Some(out) => self.forward(out).await,

@@ -40,6 +40,9 @@ pub(super) enum HubMsg {
     Close {
         stream: u64,
     },
+    /// The member is stopping: drop every stream (their tasks then tell
+    /// each watch where to resume) and end the thread.
+    Shutdown,
 }
 
 impl std::fmt::Debug for HubMsg {
@@ -112,11 +115,15 @@ impl Fanout {
                 Duration::from_millis(5)
             };
             match inbox.recv_timeout(wait) {
+                Ok(HubMsg::Shutdown) => return,
                 Ok(msg) => self.handle(msg),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
             while let Ok(msg) = inbox.try_recv() {
+                if matches!(msg, HubMsg::Shutdown) {
+                    return;
+                }
                 self.handle(msg);
             }
             self.round();
@@ -129,7 +136,7 @@ impl Fanout {
 
     fn handle(&mut self, msg: HubMsg) {
         match msg {
-            HubMsg::Applied => {}
+            HubMsg::Applied | HubMsg::Shutdown => {}
             HubMsg::Open {
                 stream,
                 queue,

@@ -156,6 +156,9 @@ pub struct WatchHub {
     history: Arc<RwLock<History>>,
     inbox: std_mpsc::Sender<HubMsg>,
     next_stream: Arc<AtomicU64>,
+    /// How many streams are open, so a stopping member can wait for them
+    /// to be told to resume elsewhere.
+    open_streams: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl WatchHub {
@@ -177,6 +180,7 @@ impl WatchHub {
             history,
             inbox: tx,
             next_stream: Arc::new(AtomicU64::new(1)),
+            open_streams: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -194,6 +198,15 @@ impl WatchHub {
         self.send(HubMsg::Applied);
     }
 
+    /// Stops the fan-out thread: every open stream is told that the member
+    /// is shutting down (with where to resume) and ends. Returns once every
+    /// stream ended, or after `patience`.
+    pub async fn shutdown(&self, patience: Duration) {
+        self.send(HubMsg::Shutdown);
+        let mut open = self.open_streams.subscribe();
+        let _ = tokio::time::timeout(patience, open.wait_for(|n| *n == 0)).await;
+    }
+
     /// The oldest revision a watch can start from, and the newest applied.
     pub fn window(&self) -> (i64, i64) {
         let history = self
@@ -206,6 +219,7 @@ impl WatchHub {
     /// Opens a stream of watches.
     pub fn open(&self) -> HubStream {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.open_streams.send_modify(|n| *n += 1);
         let (queue_tx, queue) = mpsc::unbounded_channel();
         let (control_tx, control) = mpsc::unbounded_channel();
         let backlog = Backlog::default();
@@ -286,6 +300,9 @@ impl HubStream {
 impl Drop for HubStream {
     fn drop(&mut self) {
         self.hub.send(HubMsg::Close { stream: self.id });
+        self.hub
+            .open_streams
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

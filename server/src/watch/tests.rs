@@ -315,3 +315,24 @@ async fn many_watches_on_one_stream_are_not_too_slow_for_a_burst() {
         "no watch was canceled"
     );
 }
+
+#[tokio::test]
+async fn shutdown_closes_every_stream() {
+    let hub = WatchHub::start(100, usize::MAX, Duration::from_secs(60)).expect("hub");
+    let mut reader = Reader::open(&hub);
+    reader.create(1, spec("k", false), 0);
+    assert!(matches!(next(&mut reader).await, Outgoing::Created { .. }));
+    let stopping = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.shutdown(Duration::from_secs(30)).await })
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(10), reader.stream.queue.recv())
+        .await
+        .expect("the queue closes within 10 s");
+    assert!(closed.is_none(), "nothing but the end: {closed:?}");
+    drop(reader);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown returns once the stream is gone")
+        .expect("shutdown task");
+}
