@@ -328,6 +328,28 @@ struct Written {
 #[tokio::test]
 async fn the_client_watch_carries_on_across_a_crash_of_its_member_without_gap_or_repeat()
 -> anyhow::Result<()> {
+    watch_carries_on_through(Fault::Kill).await
+}
+
+/// An isolated member applies nothing new; after an election timeout
+/// without a leader it ends its watch streams, and the client's watch moves
+/// on to a member that can serve it.
+#[tokio::test]
+async fn the_client_watch_leaves_a_member_cut_off_from_the_others_without_gap_or_repeat()
+-> anyhow::Result<()> {
+    watch_carries_on_through(Fault::Isolate).await
+}
+
+/// What happens to the member serving the watch.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL.
+    Kill,
+    /// Its peer links are cut; its client port stays reachable.
+    Isolate,
+}
+
+async fn watch_carries_on_through(fault: Fault) -> anyhow::Result<()> {
     let cluster = Cluster::start(3).await?;
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
     // The watch is served by a follower, which is killed; the writer writes
@@ -399,10 +421,13 @@ async fn the_client_watch_carries_on_across_a_crash_of_its_member_without_gap_or
             .await
         }
     };
-    progress(200, "200 batches before the crash").await?;
-    cluster.kill(victim).await?;
+    progress(200, "200 batches before the fault").await?;
+    match fault {
+        Fault::Kill => cluster.kill(victim).await?,
+        Fault::Isolate => cluster.isolate(victim),
+    }
     let at_kill = count();
-    progress(at_kill + 300, "300 batches after the crash").await?;
+    progress(at_kill + 300, "300 batches after the fault").await?;
     stop.store(true, Ordering::Relaxed);
     writer.await??;
     let written = std::mem::take(&mut *written.lock().unwrap());
@@ -474,7 +499,7 @@ async fn the_client_watch_carries_on_across_a_crash_of_its_member_without_gap_or
     );
     eprintln!(
         "watched revisions {first_acked}..={last_acked} contiguously ({} acknowledged, \
-         {unknown_seen} of {} unknown); member {victim} killed after {at_kill} batches",
+         {unknown_seen} of {} unknown); member {victim}: {fault:?} after {at_kill} batches",
         written.acked.len(),
         written.unknown.len()
     );
