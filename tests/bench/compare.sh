@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: a 3-member etcd 3.4 and a 3-member fenced on
 # loopback, same machine, same disk, fsync on, same heartbeat (100 ms) and
-# election timeout (1 s). Workloads (put, then lock acquire+release cycles)
-# run alternately (etcd, fenced, etcd, ...) for ROUNDS rounds;
-# docs/benchmarks.md gets min/median/max and the ratio.
+# election timeout (1 s).
 #
-#   tests/bench/compare.sh            # full: 3 rounds x 10 s per run (about 6 minutes)
-#   tests/bench/compare.sh --quick    # 3 rounds x 3 s per run (about 3 minutes)
+# First the memory held by 10,000 idle watchers (watch-hold), once on each
+# member of each system (etcd member 1, fenced member 1, etcd member 2, ...),
+# sampling the member's RSS before and while they are open. Then ROUNDS
+# rounds of every other workload (put, lock acquire+release cycles,
+# watch-latency at 1, 100 and 1,000 watchers, election-failover), each run
+# alternately on etcd then fenced. The report has min/median/max over the
+# runs and the ratios.
+#
+#   tests/bench/compare.sh            # full: about 10 minutes of runs; writes docs/benchmarks.md
+#   tests/bench/compare.sh --quick    # short runs, about 2.5 minutes: a smoke test of the
+#                                     # whole pipeline; writes $TARGET_DIR/benchmarks-quick.md
+#
+# Both first build the release binaries (minutes when the sources changed).
 #
 # Binaries are built into $CARGO_TARGET_DIR when set (else target/).
 #
@@ -16,9 +25,22 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
 ROUNDS=3
-DURATION=10
-OUT=docs/benchmarks.md
-if [[ "${1:-}" == "--quick" ]]; then DURATION=3; fi
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
+if ((QUICK)); then
+  DURATION=2        # seconds per put / lock run
+  WATCH_DURATION=2  # seconds per watch-latency run
+  FAILOVERS=1       # failovers per election-failover run
+  HOLD=3            # seconds the 10,000 watchers are held
+else
+  DURATION=10
+  WATCH_DURATION=10
+  FAILOVERS=5
+  HOLD=5
+fi
+WATCH_RATE=100      # puts/s of the watch-latency writer (open loop)
+HOLD_WATCHERS=10000
+FAILOVER_TTL=2      # s; the smallest TTL both systems grant with a 1 s election timeout
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need etcd || ! need protoc; then
@@ -36,9 +58,13 @@ TARGET_DIR=${CARGO_TARGET_DIR:-target}
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
 FENCED=$TARGET_DIR/release/fenced
 BENCH=$TARGET_DIR/release/fenced-bench
+# A quick run is a smoke test: its figures never replace the documented ones.
+if ((QUICK)); then OUT=$TARGET_DIR/benchmarks-quick.md; else OUT=docs/benchmarks.md; fi
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/fenced-compare.XXXXXX")
 PIDS=()
+ETCD_PIDS=()
+FENCED_PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -46,7 +72,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Loopback ports: etcd 32379.. (client) 32380.. (peer); fenced 33379.. 33380..
+# Loopback ports: etcd 32379.. (client) 32380.. (peer); fenced 31379.. 31380..
+# (both below the kernel's ephemeral range, 32768.., so no outgoing
+# connection can hold one of them when a member starts).
 ETCD_CLUSTER="e1=http://127.0.0.1:32380,e2=http://127.0.0.1:32382,e3=http://127.0.0.1:32384"
 ETCD_EPS="127.0.0.1:32379,127.0.0.1:32381,127.0.0.1:32383"
 for i in 1 2 3; do
@@ -57,23 +85,39 @@ for i in 1 2 3; do
     --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new \
     --heartbeat-interval 100 --election-timeout 1000 \
     >"$WORK/etcd$i.log" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); ETCD_PIDS+=($!)
 done
-FENCED_CLUSTER="1=127.0.0.1:33380,2=127.0.0.1:33382,3=127.0.0.1:33384"
-FENCED_EPS="127.0.0.1:33379,127.0.0.1:33381,127.0.0.1:33383"
+FENCED_CLUSTER="1=127.0.0.1:31380,2=127.0.0.1:31382,3=127.0.0.1:31384"
+FENCED_EPS="127.0.0.1:31379,127.0.0.1:31381,127.0.0.1:31383"
 for i in 1 2 3; do
-  c=$((33379 + (i - 1) * 2)); p=$((c + 1))
+  c=$((31379 + (i - 1) * 2)); p=$((c + 1))
   "$FENCED" --id "$i" --data-dir "$WORK/fenced$i" --listen "127.0.0.1:$c" --peer-listen "127.0.0.1:$p" \
     --initial-cluster "$FENCED_CLUSTER" --log warn >"$WORK/fenced$i.log" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); FENCED_PIDS+=($!)
 done
 
-echo "waiting for both clusters to elect a leader"
+echo "waiting for both clusters to elect a leader (${SECONDS}s since the start)"
 for _ in $(seq 1 100); do
   if ETCDCTL_API=3 etcdctl --endpoints "$ETCD_EPS" endpoint health >/dev/null 2>&1 &&
-     curl -sf http://127.0.0.1:33379/health >/dev/null && curl -sf http://127.0.0.1:33381/health >/dev/null &&
-     curl -sf http://127.0.0.1:33383/health >/dev/null; then break; fi
+     curl -sf http://127.0.0.1:31379/health >/dev/null && curl -sf http://127.0.0.1:31381/health >/dev/null &&
+     curl -sf http://127.0.0.1:31383/health >/dev/null; then break; fi
   sleep 0.2
+done
+# A member that did not start (a port in use, ...) would leave a 2-member
+# cluster that still answers: refuse to measure that.
+for i in 0 1 2; do
+  for kind in etcd fenced; do
+    if [[ $kind == etcd ]]; then pid=${ETCD_PIDS[$i]}; else pid=${FENCED_PIDS[$i]}; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$kind member $((i + 1)) is not running:" >&2
+      tail -5 "$WORK/$kind$((i + 1)).log" >&2
+      exit 1
+    fi
+  done
+done
+ETCDCTL_API=3 etcdctl --endpoints "$ETCD_EPS" endpoint health >/dev/null 2>&1 || { echo "etcd is not healthy" >&2; exit 1; }
+for port in 31379 31381 31383; do
+  curl -sf "http://127.0.0.1:$port/health" >/dev/null || { echo "fenced member on $port is not healthy" >&2; exit 1; }
 done
 
 # The fsync latency of the disk both data dirs live on.
@@ -82,35 +126,119 @@ FSYNC_US=$(python3 -c "
 import re; t=open('$WORK/dd.txt').read(); s=float(re.search(r'copied, ([0-9.]+) s', t).group(1)); print(round(s/500*1e6))")
 
 RESULTS=$WORK/results.jsonl
+# Appends one JSON line to $RESULTS: the bench's summary plus a label and
+# any extra key=value fields.
+record() { # json label [key=value...]
+  python3 -c "
+import json, sys
+d = json.loads(sys.argv[1]); d['label'] = sys.argv[2]
+for kv in sys.argv[3:]:
+    k, v = kv.split('=', 1); d[k] = json.loads(v)
+print(json.dumps(d))" "$@" >>"$RESULTS"
+}
+
 run() { # target endpoints label args...
   local target=$1 eps=$2 label=$3; shift 3
   local line
-  line=$("$BENCH" --target "$target" --endpoints "$eps" -o json "$@" --duration "$DURATION")
+  case " $* " in
+    *" --total "* | *" --duration "*) ;;
+    *) set -- "$@" --duration "$DURATION" ;;
+  esac
+  line=$("$BENCH" --target "$target" --endpoints "$eps" -o json "$@")
   echo "  $target $label: $line"
-  python3 -c "import json,sys; d=json.loads(sys.argv[1]); d['label']=sys.argv[2]; print(json.dumps(d))" "$line" "$label" >>"$RESULTS"
+  record "$line" "$label"
 }
 
+# The endpoint list of one system with a follower first. The watch
+# workloads put their watchers and their writer on the first endpoint, and
+# a follower sees a commit one append later than the leader: both systems
+# get a follower, the common case in a 3-member cluster.
+follower_first() { # etcd|fenced endpoints
+  local target=$1 eps=$2 status
+  if [[ $target == etcd ]]; then
+    status=$(ETCDCTL_API=3 etcdctl --endpoints "$eps" endpoint status -w json)
+  else
+    status="["
+    for ep in ${eps//,/ }; do
+      status+="{\"Endpoint\":\"$ep\",\"Status\":$(curl -sf "http://$ep/health" || echo null)},"
+    done
+    status="${status%,}]"
+  fi
+  python3 -c "
+import json, sys
+target, eps, rows = sys.argv[1], sys.argv[2].split(','), json.loads(sys.argv[3])
+def follower(row):
+    s = row.get('Status') or {}
+    me = s['header']['member_id'] if target == 'etcd' else s.get('member_id')
+    return bool(s) and s.get('leader') not in (0, None) and me != s.get('leader')
+first = next((r['Endpoint'] for r in rows if follower(r)), eps[0])
+first = first.split('://')[-1]
+print(','.join([first] + [e for e in eps if e != first]))" "$target" "$eps" "$status"
+}
+
+# watch-hold: opens $HOLD_WATCHERS watchers on one member and samples that
+# member's RSS (ps, KiB) before, and while they are open (the largest of
+# three samples taken after a 1 s settle).
+hold() { # target endpoint member-pid member-number
+  local target=$1 ep=$2 pid=$3 member=$4 before during=0 rss bp line
+  before=$(ps -o rss= -p "$pid" | tr -d ' ')
+  "$BENCH" --target "$target" --endpoints "$ep" -o json --duration "$HOLD" \
+    watch-hold --watchers "$HOLD_WATCHERS" >"$WORK/hold.out" 2>"$WORK/hold.err" &
+  bp=$!
+  for _ in $(seq 1 600); do
+    grep -q "watches open" "$WORK/hold.err" && break
+    kill -0 "$bp" 2>/dev/null || break
+    sleep 0.1
+  done
+  sleep 1
+  for _ in 1 2 3; do
+    rss=$(ps -o rss= -p "$pid" | tr -d ' ')
+    ((rss > during)) && during=$rss
+    sleep 0.3
+  done
+  if ! wait "$bp"; then cat "$WORK/hold.err" >&2; exit 1; fi
+  line=$(cat "$WORK/hold.out")
+  echo "  $target watch-hold member $member: rss ${before} -> ${during} KiB; $line"
+  record "$line" "watch-hold-10k" "member=$member" "rss_before_kib=$before" "rss_during_kib=$during"
+}
+
+echo "memory: $HOLD_WATCHERS idle watchers on each member, RSS before and during (${SECONDS}s since the start)"
+for i in 1 2 3; do
+  hold etcd "$(echo "$ETCD_EPS" | cut -d, -f"$i")" "${ETCD_PIDS[$((i - 1))]}" "$i"
+  hold fenced "$(echo "$FENCED_EPS" | cut -d, -f"$i")" "${FENCED_PIDS[$((i - 1))]}" "$i"
+done
+
 # label|arguments. lock-CxL: C clients cycling (acquire, release) over L locks.
+# watch-N: N watchers of one key on a follower, one writer at WATCH_RATE puts/s.
 WORKLOADS=(
   "put-1|put --clients 1"
   "put-64|put --clients 64"
   "lock-1x1|lock --clients 1 --locks 1"
   "lock-16x16|lock --clients 16 --locks 16"
   "lock-64x8|lock --clients 64 --locks 8"
+  "watch-1|watch-latency --watchers 1 --rate $WATCH_RATE --duration $WATCH_DURATION"
+  "watch-100|watch-latency --watchers 100 --rate $WATCH_RATE --duration $WATCH_DURATION"
+  "watch-1000|watch-latency --watchers 1000 --rate $WATCH_RATE --duration $WATCH_DURATION"
+  "failover-3|election-failover --candidates 3 --ttl $FAILOVER_TTL --total $FAILOVERS"
 )
 for round in $(seq 1 "$ROUNDS"); do
-  echo "round $round/$ROUNDS"
+  echo "round $round/$ROUNDS (${SECONDS}s since the start)"
   for w in "${WORKLOADS[@]}"; do
     label=${w%%|*}; args=${w#*|}
+    etcd_eps=$ETCD_EPS; fenced_eps=$FENCED_EPS
+    if [[ $label == watch-* ]]; then
+      etcd_eps=$(follower_first etcd "$ETCD_EPS"); fenced_eps=$(follower_first fenced "$FENCED_EPS")
+    fi
     # shellcheck disable=SC2086
-    run etcd "$ETCD_EPS" "$label" $args
+    run etcd "$etcd_eps" "$label" $args
     # shellcheck disable=SC2086
-    run fenced "$FENCED_EPS" "$label" $args
+    run fenced "$fenced_eps" "$label" $args
   done
 done
 
 python3 "$ROOT/tests/bench/report.py" "$RESULTS" "$OUT" \
-  --rounds "$ROUNDS" --duration "$DURATION" --fsync-us "$FSYNC_US" \
+  --rounds "$ROUNDS" --duration "$DURATION" --watch-duration "$WATCH_DURATION" \
+  --watch-rate "$WATCH_RATE" --failovers "$FAILOVERS" --hold "$HOLD" --fsync-us "$FSYNC_US" \
   --etcd-version "$(etcd --version | head -1)" --fenced-version "$("$FENCED" --version)" \
   --command "tests/bench/compare.sh ${1:-}"
-echo "wrote $OUT"
+echo "wrote $OUT (${SECONDS}s since the start)"

@@ -5,14 +5,24 @@
 //! fenced-bench --target fenced|etcd --endpoints a,b,c WORKLOAD [--clients N]
 //!              [--duration S | --total N] [-o json]
 //!     WORKLOAD: put [--keys N] [--value-size B] | lock [--locks N]
+//!             | watch-latency [--watchers N] [--per-stream M] [--rate R]
+//!             | watch-hold [--watchers N] [--per-stream M]
+//!             | election-failover [--candidates K] [--ttl S]
 //! ```
 //!
-//! Closed loop: each client issues its next request when the previous one is
-//! answered. Latencies go into an hdrhistogram per client, merged at the end.
-//! For `lock` one operation is one acquire + release cycle of a lock shared
-//! with the other clients mapped to it, and its latency is the whole cycle.
+//! `put` and `lock` are closed loops: each client issues its next request
+//! when the previous one is answered. Latencies go into an hdrhistogram per
+//! client, merged at the end. For `lock` one operation is one acquire +
+//! release cycle of a lock shared with the other clients mapped to it, and
+//! its latency is the whole cycle.
+//!
+//! `watch-latency`, `watch-hold` (see `watch`) and `election-failover` (see
+//! `election`) ignore `--clients` and `--conns`: their shape is set by
+//! their own flags.
 
+mod election;
 mod target;
+mod watch;
 
 use std::time::{Duration, Instant};
 
@@ -53,10 +63,12 @@ struct Args {
     /// gRPC connections shared by the clients (0 = one per client, at most 16).
     #[arg(long, default_value_t = 0, global = true)]
     conns: usize,
-    /// Run for this many seconds.
+    /// Run for this many seconds (watch-hold: hold the watches this long;
+    /// election-failover: start rounds for this long).
     #[arg(long, global = true, conflicts_with = "total")]
     duration: Option<f64>,
-    /// Run until this many requests completed.
+    /// Run until this many requests completed (watch-latency: puts;
+    /// election-failover: failover rounds).
     #[arg(long, global = true)]
     total: Option<u64>,
     /// Output format.
@@ -97,6 +109,41 @@ enum Workload {
         #[arg(long, default_value_t = 1)]
         locks: usize,
     },
+    /// N watchers of one key on the first endpoint, one writer putting to
+    /// it through the same endpoint; latency is put issued -> event
+    /// received, over every (watcher, event) pair.
+    WatchLatency {
+        /// Watches of the key.
+        #[arg(long, default_value_t = 1)]
+        watchers: usize,
+        /// Watches per gRPC stream; each stream has its own connection.
+        #[arg(long, default_value_t = 100)]
+        per_stream: usize,
+        /// Puts per second, open loop; 0: closed loop, one put at a time.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+    },
+    /// Opens N watchers of one key on the first endpoint and holds them for
+    /// --duration (for sampling the member's memory), then times one put's
+    /// delivery to all of them.
+    WatchHold {
+        /// Watches of the key.
+        #[arg(long, default_value_t = 10_000)]
+        watchers: usize,
+        /// Watches per gRPC stream; each stream has its own connection.
+        #[arg(long, default_value_t = 100)]
+        per_stream: usize,
+    },
+    /// K candidates in one election; the leader's keepalives stop (no
+    /// revoke, no resign); time until an observer sees the next leader.
+    ElectionFailover {
+        /// Candidates queued at the start of every round.
+        #[arg(long, default_value_t = 3)]
+        candidates: usize,
+        /// Lease TTL of every candidate, whole seconds.
+        #[arg(long, default_value_t = 2)]
+        ttl: u64,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +154,9 @@ struct Summary {
     /// Distinct locks (`lock` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     locks: Option<usize>,
+    /// Figures particular to a workload (watchers, puts, TTL, ...).
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
     ops: u64,
     errors: u64,
     seconds: f64,
@@ -129,46 +179,94 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => Stop::After(Duration::from_secs(10)),
         _ => bail!("--duration and --total must be positive"),
     };
-    let conns = match args.conns {
-        0 => args.clients.min(16),
-        n => n,
-    };
     if args.endpoints.is_empty() {
         bail!("--endpoints must name at least one endpoint");
     }
-    let mut targets = Vec::with_capacity(conns);
-    for i in 0..conns {
-        targets.push(Target::connect(args.target, &args.endpoints, i).await?);
-    }
     let summary = match args.workload.clone() {
         Workload::Put { keys, value_size } => {
+            let targets = connect(&args).await?;
             run_put(&args, &targets, stop, keys, value_size).await?
         }
-        Workload::Lock { locks } => run_lock(&args, &targets, stop, locks).await?,
+        Workload::Lock { locks } => {
+            let targets = connect(&args).await?;
+            run_lock(&args, &targets, stop, locks).await?
+        }
+        Workload::WatchLatency {
+            watchers,
+            per_stream,
+            rate,
+        } => run_watch_latency(&args, stop, watchers, per_stream, rate).await?,
+        Workload::WatchHold {
+            watchers,
+            per_stream,
+        } => run_watch_hold(&args, stop, watchers, per_stream).await?,
+        Workload::ElectionFailover { candidates, ttl } => {
+            run_election_failover(&args, stop, candidates, ttl).await?
+        }
     };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string(&summary)?),
-        Output::Simple => println!(
-            "{} target={:?} clients={}{} ops={} errors={} time={:.1}s ops/s={:.0} p50={:.2}ms p99={:.2}ms p999={:.2}ms",
-            summary.workload,
-            summary.target,
-            summary.clients,
-            summary
-                .locks
-                .map(|n| format!(" locks={n}"))
-                .unwrap_or_default(),
-            summary.ops,
-            summary.errors,
-            summary.seconds,
-            summary.ops_per_sec,
-            summary.p50_us as f64 / 1000.0,
-            summary.p99_us as f64 / 1000.0,
-            summary.p999_us as f64 / 1000.0,
-        ),
+        Output::Simple => println!("{}", simple_line(&summary)),
     }
     Ok(())
 }
 
+/// The `--conns` connections of `put` and `lock`.
+async fn connect(args: &Args) -> anyhow::Result<Vec<Target>> {
+    let conns = match args.conns {
+        0 => args.clients.min(16),
+        n => n,
+    };
+    let mut targets = Vec::with_capacity(conns);
+    for i in 0..conns {
+        targets.push(Target::connect(args.target, &args.endpoints, i).await?);
+    }
+    Ok(targets)
+}
+
+/// The summary as one human-readable line.
+fn simple_line(summary: &Summary) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let extra: String = summary
+        .extra
+        .iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                format!(" {k}={:.1}", n.as_f64().unwrap_or_default())
+            }
+            serde_json::Value::String(s) => format!(" {k}={s}"),
+            other => format!(" {k}={other}"),
+        })
+        .collect();
+    let rate = match summary.workload {
+        "watch-latency" => format!(" events/s={:.0}", summary.ops_per_sec),
+        "watch-hold" => format!(" watches-opened/s={:.0}", summary.ops_per_sec),
+        "election-failover" => String::new(),
+        _ => format!(" ops/s={:.0}", summary.ops_per_sec),
+    };
+    let clients = match summary.workload {
+        "put" | "lock" => format!(" clients={}", summary.clients),
+        _ => String::new(),
+    };
+    format!(
+        "{} target={:?}{clients}{} ops={} errors={} time={:.1}s{rate} p50={:.2}ms p99={:.2}ms p999={:.2}ms max={:.2}ms{extra}",
+        summary.workload,
+        summary.target,
+        summary
+            .locks
+            .map(|n| format!(" locks={n}"))
+            .unwrap_or_default(),
+        summary.ops,
+        summary.errors,
+        summary.seconds,
+        ms(summary.p50_us),
+        ms(summary.p99_us),
+        ms(summary.p999_us),
+        ms(summary.max_us),
+    )
+}
+
+/// When a run ends.
 #[derive(Clone, Copy, Debug)]
 enum Stop {
     After(Duration),
@@ -327,6 +425,95 @@ async fn run_lock(
     Ok(summary)
 }
 
+async fn run_watch_latency(
+    args: &Args,
+    stop: Stop,
+    watchers: usize,
+    per_stream: usize,
+    rate: f64,
+) -> anyhow::Result<Summary> {
+    if watchers == 0 || per_stream == 0 {
+        bail!("--watchers and --per-stream must be at least 1");
+    }
+    let shape = watch::Shape {
+        kind: args.target,
+        endpoint: args.endpoints[0].clone(),
+        watchers,
+        per_stream,
+    };
+    let run = watch::run_latency(&shape, stop, rate).await?;
+    let errors = run.put_errors + run.watch_errors + run.missed;
+    let elapsed = Duration::from_secs_f64(run.seconds);
+    let mut summary = summarize("watch-latency", args, run.hist, errors, elapsed);
+    summary.ops = run.events;
+    summary.ops_per_sec = run.events as f64 / run.seconds;
+    let extra = &mut summary.extra;
+    extra.insert("watchers".into(), watchers.into());
+    extra.insert("streams".into(), run.streams.into());
+    extra.insert("rate".into(), rate.into());
+    extra.insert("puts".into(), run.puts.into());
+    extra.insert(
+        "puts_per_sec".into(),
+        (run.puts as f64 / run.seconds).into(),
+    );
+    extra.insert("put_errors".into(), run.put_errors.into());
+    extra.insert("watch_errors".into(), run.watch_errors.into());
+    extra.insert("missed".into(), run.missed.into());
+    extra.insert("member_role".into(), run.role.into());
+    extra.insert("put_p50_us".into(), run.acks.value_at_quantile(0.5).into());
+    extra.insert("put_p99_us".into(), run.acks.value_at_quantile(0.99).into());
+    Ok(summary)
+}
+
+async fn run_watch_hold(
+    args: &Args,
+    stop: Stop,
+    watchers: usize,
+    per_stream: usize,
+) -> anyhow::Result<Summary> {
+    if watchers == 0 || per_stream == 0 {
+        bail!("--watchers and --per-stream must be at least 1");
+    }
+    let shape = watch::Shape {
+        kind: args.target,
+        endpoint: args.endpoints[0].clone(),
+        watchers,
+        per_stream,
+    };
+    let run = watch::run_hold(&shape, stop).await?;
+    let elapsed = Duration::from_secs_f64(run.open_seconds);
+    let mut summary = summarize("watch-hold", args, run.hist, run.errors, elapsed);
+    summary.ops = watchers as u64;
+    summary.ops_per_sec = watchers as f64 / run.open_seconds;
+    let extra = &mut summary.extra;
+    extra.insert("watchers".into(), watchers.into());
+    extra.insert("streams".into(), run.streams.into());
+    extra.insert("open_seconds".into(), run.open_seconds.into());
+    extra.insert("hold_seconds".into(), run.hold_seconds.into());
+    extra.insert("member_role".into(), run.role.into());
+    Ok(summary)
+}
+
+async fn run_election_failover(
+    args: &Args,
+    stop: Stop,
+    candidates: usize,
+    ttl: u64,
+) -> anyhow::Result<Summary> {
+    if ttl == 0 {
+        bail!("--ttl must be at least 1 s");
+    }
+    let run = election::run(args.target, &args.endpoints, stop, candidates, ttl).await?;
+    let elapsed = Duration::from_secs_f64(run.seconds);
+    let mut summary = summarize("election-failover", args, run.hist, run.errors, elapsed);
+    let extra = &mut summary.extra;
+    extra.insert("candidates".into(), candidates.into());
+    extra.insert("ttl_s".into(), ttl.into());
+    extra.insert("granted_ttl_s".into(), run.granted_ttl.into());
+    extra.insert("rounds_ms".into(), run.rounds_ms.into());
+    Ok(summary)
+}
+
 fn new_histogram() -> Histogram<u64> {
     // 1 µs .. 60 s at 3 significant digits; cannot fail for these bounds.
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap())
@@ -345,6 +532,7 @@ fn summarize(
         target: args.target,
         clients: args.clients,
         locks: None,
+        extra: serde_json::Map::new(),
         ops: hist.len(),
         errors,
         seconds,

@@ -42,7 +42,7 @@ impl std::fmt::Debug for Target {
 }
 
 /// `host:port` or `http://host:port` as a URL.
-fn url(endpoint: &str) -> String {
+pub(crate) fn url(endpoint: &str) -> String {
     if endpoint.contains("://") {
         endpoint.to_owned()
     } else {
@@ -129,6 +129,32 @@ impl Target {
                 })
             }
         }
+    }
+}
+
+/// The Raft role of the member behind `endpoint` ("leader", "follower",
+/// ...), as that member reports it. The watch workloads record it: a
+/// watcher on the leader sees a commit before a watcher on a follower,
+/// which learns it one append later.
+pub(crate) async fn member_role(kind: TargetKind, endpoint: &str) -> anyhow::Result<String> {
+    match kind {
+        TargetKind::Fenced => {
+            let client = fenced_client::Client::new([endpoint])?;
+            Ok(client.status_of(endpoint).await?.role)
+        }
+        #[cfg(feature = "etcd")]
+        TargetKind::Etcd => {
+            let client = etcd_client::Client::connect([url(endpoint)], None).await?;
+            let status = client.maintenance_client().status().await?;
+            let me = status.header().map(|h| h.member_id()).unwrap_or_default();
+            Ok(if me != 0 && me == status.leader() {
+                "leader".to_owned()
+            } else {
+                "follower".to_owned()
+            })
+        }
+        #[cfg(not(feature = "etcd"))]
+        TargetKind::Etcd => anyhow::bail!("this fenced-bench was built without the etcd target"),
     }
 }
 
