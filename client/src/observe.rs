@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use tokio::time::Instant;
-use tonic::Status;
 use tonic::codec::Streaming;
+use tonic::{Code, Status};
 
 use crate::error::breaks_stream;
 use crate::pb::election_client::ElectionClient;
@@ -151,7 +151,13 @@ impl Observer {
                     continue;
                 }
                 Ok(None) => Status::unavailable("the member ended the observe stream").into(),
-                Err(status) if breaks_stream(&status) => status.into(),
+                // RESOURCE_EXHAUSTED: this observer fell behind and was
+                // dropped; resuming from the last revision loses nothing.
+                Err(status)
+                    if breaks_stream(&status) || status.code() == Code::ResourceExhausted =>
+                {
+                    status.into()
+                }
                 Err(status) => return Err(status.into()),
             };
             let Some(open) = self.open.take() else {
@@ -178,11 +184,15 @@ impl Observer {
     /// when it is past the resume point (which it then moves); one without
     /// (a member that cannot say which revision its first answer reflects)
     /// when it differs from the last one delivered.
+    /// A newer observation that names the same leader as the last one
+    /// delivered (a member repeating the current state after a resume) is
+    /// not a change: it moves the resume point but is not delivered.
     fn deliver(&mut self, observation: &Observation) -> bool {
+        let changed = self.last.as_ref().map(|last| &last.leader) != Some(&observation.leader);
         if observation.revision > 0 {
-            self.resume.accept(observation.revision)
+            self.resume.accept(observation.revision) && changed
         } else {
-            self.last.as_ref() != Some(observation)
+            changed
         }
     }
 

@@ -93,8 +93,9 @@ pub struct Config {
     pub watch_history_bytes: usize,
 
     /// How often a watch created with `progress_notify` gets a progress
-    /// response, in milliseconds.
-    #[arg(long, default_value_t = 60_000)]
+    /// response, in milliseconds. Progress keeps a quiet watch's resume
+    /// point inside the history window.
+    #[arg(long, default_value_t = 10_000)]
     pub watch_progress_interval_ms: u64,
 
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.

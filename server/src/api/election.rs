@@ -255,9 +255,9 @@ impl Election for ElectionService {
         let start = req.start_revision;
         let from_now = start == 0
             || (start < oldest && unchanged_since.is_some_and(|changed| changed < start));
-        let (first, backlog) = if from_now {
-            let backlog = hub.create(1, spec, current + 1);
-            (Some(self.observation(current, leader.as_ref())), backlog)
+        let (first, (_, backlog)) = if from_now {
+            let created = hub.create(1, spec, current + 1);
+            (Some(self.observation(current, leader.as_ref())), created)
         } else {
             (None, hub.create(1, spec, start))
         };
@@ -306,7 +306,7 @@ impl Election for ElectionService {
                         hub.taken(Some(&backlog));
                         // The record's last change in this revision decides.
                         let last = match &pick {
-                            Some(pick) => pick.last().map(|i| &events[*i as usize]),
+                            Some(pick) => pick.last().and_then(|i| events.get(*i as usize)),
                             None => events.last(),
                         };
                         let Some(last) = last else { continue };

@@ -225,9 +225,12 @@ pub(crate) async fn wait_for_grant(
     call_timeout: Option<Duration>,
 ) -> Result<(Grant, i64), Status> {
     let started = Instant::now();
+    // Checked: a far-off timeout from a client is simply no end.
     let wait_end = [
-        (wait_timeout_ms > 0).then(|| started + Duration::from_millis(wait_timeout_ms as u64)),
-        call_timeout.map(|t| started + t.saturating_sub(CANCEL_MARGIN)),
+        (wait_timeout_ms > 0)
+            .then(|| started.checked_add(Duration::from_millis(wait_timeout_ms as u64)))
+            .flatten(),
+        call_timeout.and_then(|t| started.checked_add(t.saturating_sub(CANCEL_MARGIN))),
     ]
     .into_iter()
     .flatten()

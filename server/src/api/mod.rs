@@ -79,9 +79,10 @@ pub fn client_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
     parse_grpc_timeout(value)
 }
 
-/// Parses the gRPC wire format of a timeout: digits then one unit letter.
+/// Parses the gRPC wire format of a timeout: at most 8 digits (the gRPC
+/// spec's limit) then one unit letter.
 fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 {
+    if value.len() < 2 || value.len() > 9 {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
@@ -107,7 +108,19 @@ mod tests {
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
-        for bad in ["", "S", "5x", "-5S", "5"] {
+        assert_eq!(
+            parse_grpc_timeout("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        for bad in [
+            "",
+            "S",
+            "5x",
+            "-5S",
+            "5",
+            "18446744073709551615S",
+            "123456789S",
+        ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }

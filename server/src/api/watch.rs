@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::time::Duration;
 
 use fenced_proto::pb::{self, watch_server::Watch};
 use tokio::sync::mpsc;
@@ -21,7 +20,9 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::api::{Limits, header};
 use crate::node::Node;
 use crate::state::{Event, EventKind};
-use crate::watch::{Backlog, Control, Ended, HubStream, Outgoing, WATCH_BACKLOG, WatchSpec};
+use crate::watch::{
+    Backlog, Control, Ended, HubStream, Outgoing, WATCH_BACKLOG, WatchSpec, WatchTag,
+};
 
 /// Most watches one stream may carry.
 pub const MAX_WATCHES_PER_STREAM: usize = 100_000;
@@ -69,6 +70,9 @@ impl Watch for WatchService {
 struct WatchState {
     /// Include previous pairs in events.
     prev_kv: bool,
+    /// Which creation under this id it is: what the hub queued for an
+    /// earlier watch with the same id is dropped.
+    tag: WatchTag,
     /// Its responses the hub queued and this task has not taken yet.
     backlog: Backlog,
     /// The revision to resume from: one after the last revision forwarded,
@@ -203,10 +207,13 @@ impl StreamTask {
             return self.refuse(watch_id, Code::InvalidArgument, reason).await;
         }
         let watch_id = if watch_id == 0 {
+            // Server-picked ids only grow, so a canceled id is not handed
+            // out again on this stream.
             while self.watches.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            self.next_id += 1;
+            self.next_id - 1
         } else if self.watches.contains_key(&watch_id) {
             return self
                 .refuse(
@@ -222,7 +229,7 @@ impl StreamTask {
             return self
                 .refuse(
                     watch_id,
-                    Code::ResourceExhausted,
+                    Code::FailedPrecondition,
                     format!(
                         "create: this stream already carries {MAX_WATCHES_PER_STREAM} watches, the limit; open another stream"
                     ),
@@ -236,12 +243,13 @@ impl StreamTask {
             no_delete: create.no_delete,
             progress_notify: create.progress_notify,
         };
-        let backlog = self.hub.create(watch_id, spec, create.start_revision);
+        let (tag, backlog) = self.hub.create(watch_id, spec, create.start_revision);
         self.watches.insert(
             watch_id,
             WatchState {
                 prev_kv: create.prev_kv,
                 resume_from: create.start_revision,
+                tag,
                 backlog,
             },
         );
@@ -283,8 +291,8 @@ impl StreamTask {
     /// Forwards what the hub queued.
     async fn forward(&mut self, out: Outgoing) -> Flow {
         match out {
-            Outgoing::Created { watch_id, revision } => {
-                let Some(state) = self.watches.get_mut(&watch_id) else {
+            Outgoing::Created { watch, revision } => {
+                let Some(state) = self.current(watch) else {
                     return Ok(());
                 };
                 if state.resume_from == 0 {
@@ -292,76 +300,113 @@ impl StreamTask {
                 }
                 let response = pb::WatchResponse {
                     created: true,
-                    ..self.response(watch_id, revision)
+                    ..self.response(watch.id, revision)
                 };
                 self.send(response).await
             }
             Outgoing::Events {
-                watch_id,
+                watch,
                 revision,
                 events,
                 pick,
             } => {
-                // A watch canceled since the hub queued this is skipped.
-                let Some(state) = self.watches.get_mut(&watch_id) else {
+                // A watch canceled (or replaced) since the hub queued this is
+                // skipped.
+                let Some(state) = self.current(watch) else {
                     self.hub.taken(None);
                     return Ok(());
                 };
-                self.hub.taken(Some(&state.backlog));
                 state.resume_from = revision + 1;
                 let prev_kv = state.prev_kv;
+                let backlog = state.backlog.clone();
+                self.hub.taken(Some(&backlog));
                 let events: Vec<pb::Event> = match &pick {
                     Some(pick) => pick
                         .iter()
-                        .map(|i| event_to_pb(&events[*i as usize], prev_kv))
+                        .filter_map(|i| events.get(*i as usize))
+                        .map(|e| event_to_pb(e, prev_kv))
                         .collect(),
                     None => events.iter().map(|e| event_to_pb(e, prev_kv)).collect(),
                 };
                 let response = pb::WatchResponse {
                     events,
-                    ..self.response(watch_id, revision)
+                    ..self.response(watch.id, revision)
                 };
                 self.send(response).await
             }
-            Outgoing::Progress { watch_id, revision } => {
-                if watch_id != -1 && !self.watches.contains_key(&watch_id) {
+            Outgoing::Progress {
+                watch: Some(watch),
+                revision,
+            } => {
+                let Some(state) = self.current(watch) else {
                     return Ok(());
+                };
+                // Nothing up to `revision` is left: resume after it.
+                state.resume_from = state.resume_from.max(revision + 1);
+                let response = pb::WatchResponse {
+                    progress: true,
+                    ..self.response(watch.id, revision)
+                };
+                self.send(response).await
+            }
+            Outgoing::Progress {
+                watch: None,
+                revision,
+            } => {
+                for state in self.watches.values_mut() {
+                    state.resume_from = state.resume_from.max(revision + 1);
                 }
                 let response = pb::WatchResponse {
                     progress: true,
-                    ..self.response(watch_id, revision)
+                    ..self.response(-1, revision)
                 };
                 self.send(response).await
             }
         }
     }
 
+    /// The state of the watch `tag` names, if that watch is still the one
+    /// with its id.
+    fn current(&mut self, tag: WatchTag) -> Option<&mut WatchState> {
+        self.watches
+            .get_mut(&tag.id)
+            .filter(|state| state.tag == tag)
+    }
+
     /// The hub ended a watch.
     async fn ended(&mut self, control: Control) -> Flow {
-        let Some(state) = self.watches.remove(&control.watch_id) else {
+        if self.current(control.watch).is_none() {
+            return Ok(());
+        }
+        let Some(state) = self.watches.remove(&control.watch.id) else {
             return Ok(());
         };
+        // Before anything was forwarded, resume where the watch began.
+        let resume_from = if state.resume_from == 0 {
+            control.first
+        } else {
+            state.resume_from
+        };
         let revision = self.node.watch_hub().window().1;
+        let watch_id = control.watch.id;
         let response = match control.ended {
             Ended::Compacted { oldest } => pb::WatchResponse {
                 canceled: true,
                 compact_revision: oldest,
                 code: Code::OutOfRange as i32,
                 cancel_reason: format!(
-                    "start revision {} is older than the history window, which starts at revision {oldest}",
-                    state.resume_from
+                    "revision {resume_from} is older than the history window, which starts at revision {oldest}"
                 ),
-                ..self.response(control.watch_id, revision)
+                ..self.response(watch_id, revision)
             },
             Ended::TooSlow => pb::WatchResponse {
                 canceled: true,
-                resume_revision: state.resume_from,
+                resume_revision: resume_from,
                 code: Code::ResourceExhausted as i32,
                 cancel_reason: format!(
-                    "the watcher fell behind by more than {} queued responses; watch again from revision {}",
-                    WATCH_BACKLOG, state.resume_from
+                    "the watcher fell behind by more than {WATCH_BACKLOG} queued responses; watch again from revision {resume_from}"
                 ),
-                ..self.response(control.watch_id, revision)
+                ..self.response(watch_id, revision)
             },
         };
         self.send(response).await
@@ -405,17 +450,22 @@ impl StreamTask {
 /// etcd's `WithRequireLeader` does on request, by default here).
 pub(crate) async fn leaderless(node: Node) {
     let patience = node.status().election_timeout();
-    let mut since: Option<tokio::time::Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut leadership = node.status().leadership();
     loop {
-        tick.tick().await;
-        if node.status().leader() != 0 {
-            since = None;
-            continue;
+        // Wait (without polling) until no leader is known, then give it an
+        // election timeout to come back.
+        let lost = leadership.wait_for(|l| l.leader == 0).await.is_ok();
+        if !lost {
+            // The member is stopping; that ends the stream another way.
+            return std::future::pending().await;
         }
-        let now = tokio::time::Instant::now();
-        if now - *since.get_or_insert(now) >= patience {
-            return;
+        let back = tokio::time::timeout(patience, leadership.wait_for(|l| l.leader != 0))
+            .await
+            .map(|r| r.is_ok());
+        match back {
+            Ok(true) => continue,
+            Ok(false) => return std::future::pending().await,
+            Err(_) => return,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The fan-out thread: owns every watcher, moves revisions from the history
-//! into the streams' bounded queues with `try_send`, and ends a watcher whose
-//! queue is full instead of waiting for it.
+//! into the streams' queues, and ends a watcher that falls too far behind
+//! instead of waiting for it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
@@ -11,7 +11,15 @@ use tokio::sync::mpsc;
 
 use super::{
     Backlog, Control, Ended, History, Outgoing, Revision, STREAM_BACKLOG, WATCH_BACKLOG, WatchSpec,
+    WatchTag,
 };
+
+/// Catching up stops at half the backlog limits, so a stream's watches that
+/// are level keep room for new revisions while others replay the past.
+const CATCH_UP_WATCH_MARK: usize = WATCH_BACKLOG / 2;
+const CATCH_UP_STREAM_MARK: usize = STREAM_BACKLOG / 2;
+/// Most revisions one round copies out of the history for catching up.
+const CATCH_UP_CHUNK: i64 = 4096;
 
 /// Messages to the fan-out thread.
 pub(super) enum HubMsg {
@@ -25,7 +33,7 @@ pub(super) enum HubMsg {
     },
     Create {
         stream: u64,
-        watch_id: i64,
+        watch: WatchTag,
         spec: WatchSpec,
         start_revision: i64,
         backlog: Backlog,
@@ -40,8 +48,9 @@ pub(super) enum HubMsg {
     Close {
         stream: u64,
     },
-    /// The member is stopping: drop every stream (their tasks then tell
-    /// each watch where to resume) and end the thread.
+    /// The member is stopping: tell every level watch how far it got, drop
+    /// every stream (their tasks then tell each watch where to resume) and
+    /// end the thread.
     Shutdown,
 }
 
@@ -54,8 +63,10 @@ impl std::fmt::Debug for HubMsg {
 /// A registered watch, owned by the fan-out thread.
 struct Watcher {
     stream: u64,
-    watch_id: i64,
+    watch: WatchTag,
     spec: WatchSpec,
+    /// The first revision it was to deliver.
+    first: i64,
     /// The next revision to send; meaningful while unsynced.
     next: i64,
     /// Its event responses not yet taken by the stream.
@@ -83,7 +94,8 @@ pub(super) struct Fanout {
     exact: HashMap<Vec<u8>, HashSet<u64>>,
     /// Synced watchers by prefix.
     prefixes: BTreeMap<Vec<u8>, HashSet<u64>>,
-    /// Watchers being caught up from the history.
+    /// Watchers being caught up from the history (or waiting for a start
+    /// revision in the future).
     unsynced: HashSet<u64>,
     /// The last revision sent to the synced group.
     dispatched: i64,
@@ -108,26 +120,50 @@ impl Fanout {
 
     pub(super) fn run(mut self, inbox: std_mpsc::Receiver<HubMsg>) {
         loop {
-            // Unsynced watchers whose queue was full are retried soon.
-            let wait = if self.unsynced.is_empty() && !self.any_progress_wanted() {
-                self.progress_interval.min(Duration::from_secs(1))
-            } else {
+            // Watchers that are catching up are served again soon; otherwise
+            // the thread sleeps until a message (or a progress tick).
+            let wait = if self.catching_up() || self.any_progress_wanted() {
                 Duration::from_millis(5)
+            } else {
+                self.progress_interval.min(Duration::from_secs(1))
             };
+            let mut stop = false;
             match inbox.recv_timeout(wait) {
-                Ok(HubMsg::Shutdown) => return,
+                Ok(HubMsg::Shutdown) => stop = true,
                 Ok(msg) => self.handle(msg),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            while let Ok(msg) = inbox.try_recv() {
-                if matches!(msg, HubMsg::Shutdown) {
-                    return;
+            while !stop && let Ok(msg) = inbox.try_recv() {
+                match msg {
+                    HubMsg::Shutdown => stop = true,
+                    msg => self.handle(msg),
                 }
-                self.handle(msg);
             }
             self.round();
+            if stop {
+                self.farewell();
+                return;
+            }
         }
+    }
+
+    /// Whether some unsynced watcher has revisions to receive and room for
+    /// them.
+    fn catching_up(&self) -> bool {
+        self.unsynced.iter().any(|id| {
+            self.watchers
+                .get(id)
+                .is_some_and(|w| w.next <= self.dispatched && self.has_room(w))
+        })
+    }
+
+    fn has_room(&self, w: &Watcher) -> bool {
+        w.backlog.len() < CATCH_UP_WATCH_MARK
+            && self
+                .streams
+                .get(&w.stream)
+                .is_some_and(|s| s.backlog.len() < CATCH_UP_STREAM_MARK)
     }
 
     fn any_progress_wanted(&self) -> bool {
@@ -156,11 +192,11 @@ impl Fanout {
             }
             HubMsg::Create {
                 stream,
-                watch_id,
+                watch,
                 spec,
                 start_revision,
                 backlog,
-            } => self.create(stream, watch_id, spec, start_revision, backlog),
+            } => self.create(stream, watch, spec, start_revision, backlog),
             HubMsg::Cancel { stream, watch_id } => {
                 let id = self
                     .streams
@@ -189,7 +225,7 @@ impl Fanout {
     fn create(
         &mut self,
         stream: u64,
-        watch_id: i64,
+        watch: WatchTag,
         spec: WatchSpec,
         start_revision: i64,
         backlog: Backlog,
@@ -201,15 +237,24 @@ impl Fanout {
         let Some(sink) = self.streams.get_mut(&stream) else {
             return;
         };
-        if start_revision > 0 && start_revision < oldest {
+        // Level with what was dispatched (not with the head: revisions
+        // between the two reach the synced group in the next round) unless
+        // the watch starts elsewhere.
+        let first = if start_revision == 0 {
+            self.dispatched.max(head) + 1
+        } else {
+            start_revision
+        };
+        if first < oldest {
             let _ = sink.control.send(Control {
-                watch_id,
+                watch,
                 ended: Ended::Compacted { oldest },
+                first,
             });
             return;
         }
         let created = Outgoing::Created {
-            watch_id,
+            watch,
             revision: head,
         };
         if sink.queue.send(created).is_err() {
@@ -217,20 +262,16 @@ impl Fanout {
         }
         let id = self.next_watcher;
         self.next_watcher += 1;
-        sink.watches.insert(watch_id, id);
-        // Level with what was dispatched (not with the head: revisions
-        // between the two reach the synced group in this round) unless the
-        // watch starts elsewhere.
-        let next = if start_revision == 0 {
-            self.dispatched.max(head) + 1
-        } else {
-            start_revision
-        };
+        // A watch created again under the same id replaces the old one.
+        if let Some(old) = sink.watches.insert(watch.id, id) {
+            self.remove_watcher(old);
+        }
         let watcher = Watcher {
             stream,
-            watch_id,
+            watch,
             spec,
-            next,
+            first,
+            next: first,
             backlog,
         };
         self.watchers.insert(id, watcher);
@@ -284,11 +325,31 @@ impl Fanout {
     fn round(&mut self) {
         let window = self.snapshot();
         let head = window.head;
-        let mut too_slow = Vec::new();
+        if self.dispatched + 1 < window.oldest {
+            // Revisions left the history before the synced group got them
+            // (a burst larger than the window between two rounds): every
+            // level watch missed them.
+            let synced: Vec<u64> = self
+                .watchers
+                .keys()
+                .filter(|id| !self.unsynced.contains(id))
+                .copied()
+                .collect();
+            for id in synced {
+                self.end(
+                    id,
+                    Ended::Compacted {
+                        oldest: window.oldest,
+                    },
+                );
+            }
+            self.dispatched = window.oldest - 1;
+        }
+        let mut too_slow = HashSet::new();
         while self.dispatched < head {
             let revision = self.dispatched + 1;
             if let Some(events) = window.get(revision) {
-                self.dispatch(revision, &events.clone(), &mut too_slow);
+                self.dispatch(revision, events, &mut too_slow);
             }
             self.dispatched = revision;
         }
@@ -301,32 +362,38 @@ impl Fanout {
 
     /// The revisions this round needs, copied out (as shared pointers) so
     /// that the history's lock, which the apply loop needs to append, is
-    /// held only for the copy.
+    /// held only for the copy: everything the synced group has not been
+    /// sent, and a bounded chunk for the unsynced watchers that have room.
     fn snapshot(&self) -> Window {
         let history = self.read_history();
         let head = history.head();
         let oldest = history.oldest();
-        let from = self
+        let copy = |from: i64, to: i64| -> (i64, Vec<Revision>) {
+            let from = from.max(oldest);
+            let revisions = (from..=to)
+                .filter_map(|revision| history.get(revision).cloned())
+                .collect();
+            (from, revisions)
+        };
+        let new = copy(self.dispatched + 1, head);
+        let behind = self
             .unsynced
             .iter()
-            .filter_map(|id| self.watchers.get(id).map(|w| w.next))
-            .chain([self.dispatched + 1])
-            .min()
-            .unwrap_or(head + 1)
-            .max(oldest);
-        let revisions = (from..=head)
-            .filter_map(|revision| history.get(revision).cloned())
-            .collect();
+            .filter_map(|id| self.watchers.get(id))
+            .filter(|w| w.next <= self.dispatched && self.has_room(w))
+            .map(|w| w.next)
+            .min();
+        let past = behind.map(|from| copy(from, (from + CATCH_UP_CHUNK - 1).min(self.dispatched)));
         Window {
-            first: from,
             head,
             oldest,
-            revisions,
+            ranges: [Some(new), past].into_iter().flatten().collect(),
         }
     }
 
-    /// Sends one revision to every synced watcher it concerns.
-    fn dispatch(&mut self, revision: i64, events: &Revision, too_slow: &mut Vec<u64>) {
+    /// Sends one revision to every synced watcher it concerns. A watcher
+    /// whose backlog is full goes into `too_slow` and gets nothing more.
+    fn dispatch(&mut self, revision: i64, events: &Revision, too_slow: &mut HashSet<u64>) {
         let mut picks: HashMap<u64, Vec<u32>> = HashMap::new();
         for (index, event) in events.iter().enumerate() {
             let key = &event.kv.key;
@@ -353,6 +420,9 @@ impl Fanout {
             }
         }
         for (id, candidates) in picks {
+            if too_slow.contains(&id) {
+                continue;
+            }
             let Some(w) = self.watchers.get(&id) else {
                 continue;
             };
@@ -367,12 +437,12 @@ impl Fanout {
                 continue;
             };
             if w.backlog.len() >= WATCH_BACKLOG || sink.backlog.len() >= STREAM_BACKLOG {
-                too_slow.push(id);
+                too_slow.insert(id);
                 continue;
             }
             let pick = (pick.len() != events.len()).then_some(pick);
             let out = Outgoing::Events {
-                watch_id: w.watch_id,
+                watch: w.watch,
                 revision,
                 events: events.clone(),
                 pick,
@@ -384,41 +454,52 @@ impl Fanout {
         }
     }
 
-    /// Sends unsynced watchers what they missed, as far as their queues take
-    /// it; a watcher that is level joins the synced group.
-    fn catch_up(&mut self, history: &Window) {
+    /// Sends unsynced watchers what they missed, as far as the copied chunk
+    /// and their backlogs allow; a watcher that is level joins the synced
+    /// group.
+    fn catch_up(&mut self, window: &Window) {
         let head = self.dispatched;
-        let oldest = history.oldest;
         let ids: Vec<u64> = self.unsynced.iter().copied().collect();
         for id in ids {
-            let Some(w) = self.watchers.get_mut(&id) else {
+            let Some(w) = self.watchers.get(&id) else {
                 self.unsynced.remove(&id);
                 continue;
             };
-            if w.next < oldest {
+            if w.next < window.oldest {
                 // Evicted while it waited for room in its queue.
-                self.end(id, Ended::Compacted { oldest });
+                self.end(
+                    id,
+                    Ended::Compacted {
+                        oldest: window.oldest,
+                    },
+                );
                 continue;
             }
             let Some(sink) = self.streams.get(&w.stream) else {
                 continue;
             };
+            let Some(w) = self.watchers.get_mut(&id) else {
+                continue;
+            };
             while w.next <= head {
-                let Some(events) = history.get(w.next) else {
+                if w.backlog.len() >= CATCH_UP_WATCH_MARK
+                    || sink.backlog.len() >= CATCH_UP_STREAM_MARK
+                {
+                    // The reader may simply be slower than the catch-up;
+                    // go on in a later round.
+                    break;
+                }
+                let Some(events) = window.get(w.next) else {
+                    // Not in this round's chunk.
                     break;
                 };
                 let pick: Vec<u32> = (0..events.len() as u32)
                     .filter(|i| w.spec.matches(&events[*i as usize]))
                     .collect();
                 if !pick.is_empty() {
-                    if w.backlog.len() >= WATCH_BACKLOG || sink.backlog.len() >= STREAM_BACKLOG {
-                        // The reader may simply be slower than the catch-up;
-                        // go on next round.
-                        break;
-                    }
                     let pick = (pick.len() != events.len()).then_some(pick);
                     let out = Outgoing::Events {
-                        watch_id: w.watch_id,
+                        watch: w.watch,
                         revision: w.next,
                         events: events.clone(),
                         pick,
@@ -443,17 +524,43 @@ impl Fanout {
         let Some(w) = self.watchers.get(&id) else {
             return;
         };
-        let (stream, watch_id) = (w.stream, w.watch_id);
+        let (stream, watch, first) = (w.stream, w.watch, w.first);
         if let Some(sink) = self.streams.get_mut(&stream) {
-            sink.watches.remove(&watch_id);
-            let _ = sink.control.send(Control { watch_id, ended });
+            if sink.watches.get(&watch.id) == Some(&id) {
+                sink.watches.remove(&watch.id);
+            }
+            let _ = sink.control.send(Control {
+                watch,
+                ended,
+                first,
+            });
         }
         metrics::counter!("fenced_watch_canceled_total").increment(1);
         self.remove_watcher(id);
     }
 
+    /// Before stopping: tells each level watch that everything up to the
+    /// last dispatched revision was sent, so its stream can name the right
+    /// revision to resume from.
+    fn farewell(&mut self) {
+        for sink in self.streams.values() {
+            for id in sink.watches.values() {
+                if let Some(w) = self.watchers.get(id)
+                    && !self.unsynced.contains(id)
+                {
+                    let _ = sink.queue.send(Outgoing::Progress {
+                        watch: Some(w.watch),
+                        revision: self.dispatched,
+                    });
+                }
+            }
+        }
+    }
+
     /// Answers stream progress requests once every watch of the stream is
-    /// level, and sends periodic progress to watches that asked for it.
+    /// level, and sends periodic progress to watches that asked for it and
+    /// have taken everything queued for them (so a stalled reader does not
+    /// pile up progress responses).
     fn send_progress(&mut self, head: i64) {
         let periodic = self.last_progress.elapsed() >= self.progress_interval;
         if periodic {
@@ -462,22 +569,21 @@ impl Fanout {
         for sink in self.streams.values_mut() {
             let all_synced = sink.watches.values().all(|id| !self.unsynced.contains(id));
             if sink.progress_wanted && all_synced {
-                let out = Outgoing::Progress {
-                    watch_id: -1,
+                let _ = sink.queue.send(Outgoing::Progress {
+                    watch: None,
                     revision: head,
-                };
-                let _ = sink.queue.send(out);
+                });
                 sink.progress_wanted = false;
             }
             if periodic {
-                for (watch_id, id) in &sink.watches {
-                    let wants = self
-                        .watchers
-                        .get(id)
-                        .is_some_and(|w| w.spec.progress_notify);
-                    if wants && !self.unsynced.contains(id) {
+                for id in sink.watches.values() {
+                    let Some(w) = self.watchers.get(id) else {
+                        continue;
+                    };
+                    if w.spec.progress_notify && !self.unsynced.contains(id) && w.backlog.len() == 0
+                    {
                         let _ = sink.queue.send(Outgoing::Progress {
-                            watch_id: *watch_id,
+                            watch: Some(w.watch),
                             revision: head,
                         });
                     }
@@ -487,18 +593,95 @@ impl Fanout {
     }
 }
 
-/// The revisions one round works on, copied out of the history.
+/// The revisions one round works on, copied out of the history: one or two
+/// runs of consecutive revisions.
 struct Window {
-    /// Revision of `revisions[0]`.
-    first: i64,
     head: i64,
     oldest: i64,
-    revisions: Vec<Revision>,
+    /// (revision of the first, revisions).
+    ranges: Vec<(i64, Vec<Revision>)>,
 }
 
 impl Window {
     fn get(&self, revision: i64) -> Option<&Revision> {
-        let offset = usize::try_from(revision.checked_sub(self.first)?).ok()?;
-        self.revisions.get(offset)
+        self.ranges.iter().find_map(|(first, revisions)| {
+            let offset = usize::try_from(revision.checked_sub(*first)?).ok()?;
+            revisions.get(offset)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Event, EventKind, KeyValue};
+
+    fn revision(n: i64) -> Revision {
+        vec![Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: b"k".to_vec(),
+                create_revision: n,
+                mod_revision: n,
+                version: 1,
+                value: Vec::new(),
+                lease: 0,
+            },
+            prev_kv: None,
+        }]
+        .into()
+    }
+
+    /// A watch whose backlog was full for revision R must not be sent R+1
+    /// in the same round even if its reader took something in between:
+    /// that would leave a hole at R.
+    #[test]
+    fn a_watch_found_too_slow_gets_nothing_more_in_the_round() {
+        let history = Arc::new(RwLock::new(History::new(10, usize::MAX)));
+        let mut fanout = Fanout::new(history, Duration::from_secs(60));
+        let (queue, mut queued) = mpsc::unbounded_channel();
+        let (control, _control) = mpsc::unbounded_channel();
+        let stream_backlog = Backlog::default();
+        fanout.handle(HubMsg::Open {
+            stream: 1,
+            queue,
+            control,
+            backlog: stream_backlog.clone(),
+        });
+        let watch_backlog = Backlog::default();
+        let watch = WatchTag {
+            id: 1,
+            generation: 1,
+        };
+        let spec = WatchSpec {
+            key: b"k".to_vec(),
+            prefix: false,
+            no_put: false,
+            no_delete: false,
+            progress_notify: false,
+        };
+        fanout.handle(HubMsg::Create {
+            stream: 1,
+            watch,
+            spec,
+            start_revision: 0,
+            backlog: watch_backlog.clone(),
+        });
+        for _ in 0..WATCH_BACKLOG {
+            watch_backlog.add();
+        }
+        let mut too_slow = HashSet::new();
+        fanout.dispatch(1, &revision(1), &mut too_slow);
+        assert_eq!(too_slow.len(), 1, "the full backlog is noticed");
+        // The reader takes one response; the next revision must still not
+        // be queued for this watch.
+        watch_backlog.take();
+        fanout.dispatch(2, &revision(2), &mut too_slow);
+        while let Ok(out) = queued.try_recv() {
+            assert!(
+                !matches!(out, Outgoing::Events { .. }),
+                "nothing queued after the hole: {out:?}"
+            );
+        }
     }
 }

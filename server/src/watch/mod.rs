@@ -94,14 +94,25 @@ impl WatchSpec {
 /// The events of one revision.
 pub type Revision = Arc<[Event]>;
 
+/// Names one watch of a stream: the stream's id for it, and which creation
+/// under that id (ids can be reused after a cancel; what the hub queued for
+/// an earlier watch with the same id must not reach the new one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WatchTag {
+    /// The stream's id for the watch.
+    pub id: i64,
+    /// Counts creations on the stream.
+    pub generation: u64,
+}
+
 /// What the hub sends a stream, in order.
 #[derive(Clone, Debug)]
 pub enum Outgoing {
     /// The watch is registered; events after `revision` (or from its start
     /// revision) follow.
     Created {
-        /// The stream's id for the watch.
-        watch_id: i64,
+        /// The watch.
+        watch: WatchTag,
         /// The head of the history when the watch was registered.
         revision: i64,
     },
@@ -109,7 +120,7 @@ pub enum Outgoing {
     /// into `events`; all of them when `None`).
     Events {
         /// The watch.
-        watch_id: i64,
+        watch: WatchTag,
         /// Their revision.
         revision: i64,
         /// Every event of the revision.
@@ -117,11 +128,11 @@ pub enum Outgoing {
         /// Which of them the watch selects.
         pick: Option<Vec<u32>>,
     },
-    /// Nothing up to `revision` is left to send (to `watch_id`, or to every
-    /// watch of the stream when it is -1).
+    /// Nothing up to `revision` is left to send to the watch, or to every
+    /// watch of the stream when `watch` is `None`.
     Progress {
-        /// The watch, or -1.
-        watch_id: i64,
+        /// The watch, or `None` for the whole stream.
+        watch: Option<WatchTag>,
         /// Everything up to here was sent.
         revision: i64,
     },
@@ -145,9 +156,12 @@ pub enum Ended {
 #[derive(Clone, Debug)]
 pub struct Control {
     /// The watch.
-    pub watch_id: i64,
+    pub watch: WatchTag,
     /// Why.
     pub ended: Ended,
+    /// The first revision the watch was to deliver (where to resume when it
+    /// ends before anything was delivered).
+    pub first: i64,
 }
 /// The hub's handle: the apply loop appends through it, the API opens
 /// streams on it. Cheap to clone.
@@ -235,6 +249,7 @@ impl WatchHub {
             queue,
             control,
             backlog,
+            generations: AtomicU64::new(1),
         }
     }
 
@@ -257,21 +272,32 @@ pub struct HubStream {
     /// Watches the hub ended; may overtake `queue`.
     pub control: mpsc::UnboundedReceiver<Control>,
     backlog: Backlog,
+    /// Numbers the creations on this stream.
+    generations: AtomicU64,
 }
 
 impl HubStream {
     /// Registers a watch. `start_revision` 0 means after the current head.
-    /// Returns the watch's backlog, to hand to [`HubStream::taken`].
-    pub fn create(&self, watch_id: i64, spec: WatchSpec, start_revision: i64) -> Backlog {
+    /// Returns its tag, and its backlog to hand to [`HubStream::taken`].
+    pub fn create(
+        &self,
+        watch_id: i64,
+        spec: WatchSpec,
+        start_revision: i64,
+    ) -> (WatchTag, Backlog) {
+        let watch = WatchTag {
+            id: watch_id,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+        };
         let backlog = Backlog::default();
         self.hub.send(HubMsg::Create {
             stream: self.id,
-            watch_id,
+            watch,
             spec,
             start_revision,
             backlog: backlog.clone(),
         });
-        backlog
+        (watch, backlog)
     }
 
     /// Records that an [`Outgoing::Events`] of the watch with `backlog` (or

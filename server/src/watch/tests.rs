@@ -61,7 +61,7 @@ impl Reader {
     }
 
     fn create(&mut self, watch_id: i64, spec: WatchSpec, start_revision: i64) {
-        let backlog = self.stream.create(watch_id, spec, start_revision);
+        let (_, backlog) = self.stream.create(watch_id, spec, start_revision);
         self.backlogs.insert(watch_id, backlog);
     }
 }
@@ -71,8 +71,8 @@ async fn next(reader: &mut Reader) -> Outgoing {
         .await
         .expect("the hub answers within 10 s")
         .expect("the hub is running");
-    if let Outgoing::Events { watch_id, .. } = &out {
-        reader.stream.taken(reader.backlogs.get(watch_id));
+    if let Outgoing::Events { watch, .. } = &out {
+        reader.stream.taken(reader.backlogs.get(&watch.id));
     }
     out
 }
@@ -82,11 +82,9 @@ async fn revisions_until(stream: &mut Reader, watch_id: i64, last: i64) -> Vec<i
     let mut seen = Vec::new();
     while seen.last() != Some(&last) {
         if let Outgoing::Events {
-            watch_id: id,
-            revision,
-            ..
+            watch, revision, ..
         } = next(stream).await
-            && id == watch_id
+            && watch.id == watch_id
         {
             seen.push(revision);
         }
@@ -143,10 +141,10 @@ async fn a_watch_from_now_gets_new_revisions_only() {
         tokio::task::yield_now().await;
     }
     stream.create(7, spec("k", false), 0);
-    let Outgoing::Created { watch_id, revision } = next(&mut stream).await else {
+    let Outgoing::Created { watch, revision } = next(&mut stream).await else {
         panic!("created first");
     };
-    assert_eq!((watch_id, revision), (7, 3));
+    assert_eq!((watch.id, revision), (7, 3));
     write(&hub, "k", 4, 5);
     assert_eq!(revisions_until(&mut stream, 7, 5).await, vec![4, 5]);
 }
@@ -182,12 +180,13 @@ async fn prefix_and_filters_select_events_within_a_revision() {
     let mut got = Vec::new();
     while got.len() < 3 {
         if let Outgoing::Events {
-            watch_id,
+            watch,
             revision,
             events,
             pick,
         } = next(&mut stream).await
         {
+            let watch_id = watch.id;
             let keys: Vec<String> = match pick {
                 Some(pick) => pick
                     .iter()
@@ -222,7 +221,7 @@ async fn a_start_below_the_window_is_compacted() {
         .await
         .expect("answered")
         .expect("open");
-    assert_eq!(control.watch_id, 3);
+    assert_eq!(control.watch.id, 3);
     assert_eq!(control.ended, Ended::Compacted { oldest: 41 });
 }
 
@@ -252,7 +251,7 @@ async fn a_stream_that_does_not_read_is_canceled_and_others_go_on() {
         .await
         .expect("the stalled stream is told")
         .expect("open");
-    assert_eq!((control.watch_id, control.ended), (1, Ended::TooSlow));
+    assert_eq!((control.watch.id, control.ended), (1, Ended::TooSlow));
     // What was queued before the cancel is still there, in order.
     let mut queued = Vec::new();
     while let Ok(out) = stalled.stream.queue.try_recv() {
@@ -275,8 +274,8 @@ async fn progress_waits_until_the_stream_is_level() {
     loop {
         match next(&mut stream).await {
             Outgoing::Events { revision, .. } => last_event = revision,
-            Outgoing::Progress { watch_id, revision } => {
-                assert_eq!(watch_id, -1);
+            Outgoing::Progress { watch, revision } => {
+                assert_eq!(watch, None);
                 assert_eq!(revision, 20);
                 assert_eq!(last_event, 20, "progress comes after every event up to it");
                 break;
@@ -301,9 +300,10 @@ async fn many_watches_on_one_stream_are_not_too_slow_for_a_burst() {
     let mut last = std::collections::HashMap::new();
     while delivered < watches * 200 {
         if let Outgoing::Events {
-            watch_id, revision, ..
+            watch, revision, ..
         } = next(&mut reader).await
         {
+            let watch_id = watch.id;
             let previous = last.insert(watch_id, revision).unwrap_or(0);
             assert_eq!(revision, previous + 1, "watch {watch_id} in order");
             delivered += 1;
@@ -326,6 +326,12 @@ async fn shutdown_closes_every_stream() {
         let hub = hub.clone();
         tokio::spawn(async move { hub.shutdown(Duration::from_secs(30)).await })
     };
+    // A level watch is told how far it got, then the queue closes.
+    let farewell = next(&mut reader).await;
+    assert!(
+        matches!(farewell, Outgoing::Progress { watch: Some(w), revision: 0 } if w.id == 1),
+        "{farewell:?}"
+    );
     let closed = tokio::time::timeout(Duration::from_secs(10), reader.stream.queue.recv())
         .await
         .expect("the queue closes within 10 s");
@@ -335,4 +341,58 @@ async fn shutdown_closes_every_stream() {
         .await
         .expect("shutdown returns once the stream is gone")
         .expect("shutdown task");
+}
+
+#[tokio::test]
+async fn revisions_evicted_before_they_were_sent_cancel_the_level_watches() {
+    let hub = WatchHub::start(3, usize::MAX, Duration::from_secs(60)).expect("hub");
+    let mut reader = Reader::open(&hub);
+    reader.create(1, spec("k", false), 0);
+    assert!(matches!(next(&mut reader).await, Outgoing::Created { .. }));
+    // Ten revisions arrive between two rounds; the history keeps three.
+    for revision in 1..=10 {
+        hub.append(revision, vec![put("k", revision)]);
+    }
+    hub.applied();
+    let control = tokio::time::timeout(Duration::from_secs(10), reader.stream.control.recv())
+        .await
+        .expect("the watch is told")
+        .expect("open");
+    assert_eq!(control.ended, Ended::Compacted { oldest: 8 });
+    assert_eq!(control.first, 1, "the watch began at revision 1");
+    while let Ok(out) = reader.stream.queue.try_recv() {
+        assert!(
+            !matches!(out, Outgoing::Events { .. }),
+            "no events after the hole: {out:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reused_watch_id_does_not_receive_the_old_watchs_leftovers() {
+    let hub = WatchHub::start(100, usize::MAX, Duration::from_secs(60)).expect("hub");
+    let mut reader = Reader::open(&hub);
+    let (old, _) = reader.stream.create(1, spec("a", false), 1);
+    write(&hub, "a", 1, 3);
+    reader.stream.cancel(1);
+    let (new, _) = reader.stream.create(1, spec("b", false), 4);
+    assert_ne!(old, new, "each creation has its own tag");
+    assert_eq!((old.id, new.id), (1, 1));
+    hub.append(4, vec![put("b", 4)]);
+    hub.applied();
+    // Everything for the new watch carries its tag.
+    loop {
+        match next(&mut reader).await {
+            Outgoing::Events {
+                watch, revision, ..
+            } if watch == new => {
+                assert_eq!(revision, 4);
+                break;
+            }
+            Outgoing::Events { watch, .. } | Outgoing::Created { watch, .. } => {
+                assert!(watch == old || watch == new, "{watch:?}");
+            }
+            Outgoing::Progress { .. } => {}
+        }
+    }
 }
