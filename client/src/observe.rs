@@ -19,7 +19,7 @@ use tonic::{Code, Status};
 use crate::error::breaks_stream;
 use crate::pb::election_client::ElectionClient;
 use crate::pb::{ObserveRequest, ObserveResponse};
-use crate::resume::{Next, Reconnect, Resume};
+use crate::resume::{Items, Next, Reconnect, Resume, Source, until_error};
 use crate::{Client, Error, LeaderInfo};
 
 /// The state of an election at a revision.
@@ -42,7 +42,7 @@ pub struct Observation {
 /// ([`ClientConfig::reconnect_timeout`](crate::ClientConfig::reconnect_timeout)),
 /// or what a member refused it with. Dropping the stream closes it.
 pub struct ObserveStream {
-    inner: Pin<Box<dyn Stream<Item = Result<Observation, Error>> + Send>>,
+    inner: Items<Observation>,
 }
 
 impl Client {
@@ -70,16 +70,8 @@ impl Client {
             last: None,
         };
         observer.connect().await?;
-        let observations = futures::stream::unfold(Some(observer), |observer| async move {
-            let mut observer = observer?;
-            match observer.next_observation().await {
-                Ok(observation) => Some((Ok(observation), Some(observer))),
-                // The error is the last item.
-                Err(err) => Some((Err(err), None)),
-            }
-        });
         Ok(ObserveStream {
-            inner: Box::pin(observations),
+            inner: until_error(observer),
         })
     }
 }
@@ -237,6 +229,16 @@ impl Observer {
                 }
             }
         }
+    }
+}
+
+impl Source for Observer {
+    type Item = Observation;
+
+    fn next_item(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Observation, Error>> + Send {
+        self.next_observation()
     }
 }
 

@@ -6,7 +6,11 @@
 //! Both are pure: instants are passed in, nothing is sent or awaited here,
 //! so every rule is tested with plain numbers.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
+
+use futures::Stream;
 
 use tokio::time::Instant;
 use tonic::Status;
@@ -190,6 +194,28 @@ impl Reconnect {
         ))
         .into()
     }
+}
+
+/// The items a resuming stream produces until its first error.
+pub(crate) trait Source: Send + 'static {
+    /// What the stream yields.
+    type Item: Send + 'static;
+    /// The next item, reconnecting as needed; an error ends the stream.
+    fn next_item(&mut self) -> impl Future<Output = Result<Self::Item, Error>> + Send;
+}
+
+/// A stream boxed for a public wrapper type.
+pub(crate) type Items<T> = Pin<Box<dyn Stream<Item = Result<T, Error>> + Send>>;
+
+/// The items of `source` as a stream whose last item is the first error.
+pub(crate) fn until_error<S: Source>(source: S) -> Items<S::Item> {
+    Box::pin(futures::stream::unfold(Some(source), |source| async move {
+        let mut source = source?;
+        match source.next_item().await {
+            Ok(item) => Some((Ok(item), Some(source))),
+            Err(err) => Some((Err(err), None)),
+        }
+    }))
 }
 
 #[cfg(test)]

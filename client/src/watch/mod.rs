@@ -32,7 +32,7 @@ use crate::error::breaks_stream;
 use crate::pb::watch_client::WatchClient;
 use crate::pb::watch_request::RequestUnion;
 use crate::pb::{KeyValue, WatchCreateRequest, WatchRequest, WatchResponse};
-use crate::resume::{Next, Reconnect, Resume};
+use crate::resume::{Items, Next, Reconnect, Resume, Source, until_error};
 use crate::{Client, Error};
 
 mod answer;
@@ -95,7 +95,7 @@ pub enum EventKind {
 ///
 /// Dropping the stream closes it.
 pub struct WatchStream {
-    inner: Pin<Box<dyn Stream<Item = Result<WatchBatch, Error>> + Send>>,
+    inner: Items<WatchBatch>,
 }
 
 impl Client {
@@ -177,16 +177,8 @@ impl WatchBuilder {
             open: None,
         };
         watcher.connect().await?;
-        let batches = futures::stream::unfold(Some(watcher), |watcher| async move {
-            let mut watcher = watcher?;
-            match watcher.next_batch().await {
-                Ok(batch) => Some((Ok(batch), Some(watcher))),
-                // The error is the last item.
-                Err(err) => Some((Err(err), None)),
-            }
-        });
         Ok(WatchStream {
-            inner: Box::pin(batches),
+            inner: until_error(watcher),
         })
     }
 }
@@ -424,6 +416,14 @@ impl EventKind {
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Source for Watcher {
+    type Item = WatchBatch;
+
+    fn next_item(&mut self) -> impl std::future::Future<Output = Result<WatchBatch, Error>> + Send {
+        self.next_batch()
     }
 }
 

@@ -480,14 +480,7 @@ impl Write<'_> {
             .get(key)
             .map(|kv| kv.value.clone())
             .unwrap_or_default();
-        let put = PutRequest {
-            key: key.to_vec(),
-            value,
-            lease,
-            prev_kv: false,
-        };
-        self.kv.put_at(&put, self.revision, self.events);
-        self.changed = true;
+        self.put_value(key, value, lease);
     }
 
     /// Writes a reserved key with `value`, attached to `lease`.
