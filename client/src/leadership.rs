@@ -300,7 +300,7 @@ struct Withdraw {
 
 impl Drop for Withdraw {
     fn drop(&mut self) {
-        let Some(mut request) = self.request.take() else {
+        let Some(request) = self.request.take() else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -309,14 +309,16 @@ impl Drop for Withdraw {
         let client = self.client.clone();
         let claim = self.claim.take();
         runtime.spawn(async move {
-            // The same lease finds the same place; a wait that ends at once
-            // removes it. If it was elected meanwhile, resign.
-            request.wait_timeout_ms = 1;
-            if let Ok(response) = client.election_campaign(request).await
-                && let Some(leader) = response.leader
-            {
-                let _ = client.election_resign(leader).await;
-            }
+            // A resign with token 0 withdraws whatever the lease has in the
+            // election: its place in the queue, or the leadership it won
+            // meanwhile, or nothing.
+            let withdraw = LeaderKey {
+                name: request.name,
+                key: Vec::new(),
+                token: 0,
+                lease: request.lease,
+            };
+            let _ = client.election_resign(withdraw).await;
             drop(claim);
         });
     }

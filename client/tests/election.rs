@@ -95,9 +95,16 @@ async fn a_cancelled_campaign_is_withdrawn() {
         _ = campaign => panic!("elected in a busy election"),
         () = member.wait_for(|log| log.campaigns.len() == 1) => {}
     }
-    // The dropped campaign is withdrawn with a 1 ms wait.
-    member.wait_for(|log| log.campaigns.len() == 2).await;
-    assert_eq!(member.log.lock().unwrap().campaigns[1].wait_timeout_ms, 1);
+    // The dropped campaign is withdrawn: a resign with token 0 for its
+    // lease, never a second campaign.
+    member.wait_for(|log| log.resigns.len() == 1).await;
+    let log = member.log.lock().unwrap();
+    let withdraw = log.resigns[0].leader.clone().expect("a leader key");
+    assert_eq!(
+        (withdraw.name.as_str(), withdraw.token, withdraw.lease),
+        ("busy", 0, LEASE)
+    );
+    assert_eq!(log.campaigns.len(), 1);
 }
 
 #[tokio::test]

@@ -866,12 +866,28 @@ async fn bad_election_requests_get_the_right_codes() -> anyhow::Result<()> {
         .resign(&pb::LeaderKey {
             name: "e".into(),
             key: Vec::new(),
-            token: 0,
+            token: -1,
             lease,
         })
         .await
-        .expect_err("resign with token 0");
+        .expect_err("resign with token -1");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    // Token 0 withdraws whatever the lease has: nothing here (answered all
+    // the same), then a leadership.
+    let withdraw = pb::LeaderKey {
+        name: "w".into(),
+        key: Vec::new(),
+        token: 0,
+        lease,
+    };
+    member.resign(&withdraw).await?;
+    member.campaign("w", lease, "x").await?;
+    ensure!(member.leader("w").await?.is_some());
+    member.resign(&withdraw).await?;
+    ensure!(
+        member.leader("w").await?.is_none(),
+        "withdrawn, the leadership is gone"
+    );
 
     // A campaign that waits too long gives up with DEADLINE_EXCEEDED and
     // leaves no candidacy behind.

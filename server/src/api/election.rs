@@ -53,7 +53,8 @@ fn check_value(value: &[u8], what: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Validates a leader key from a proclaim or resign.
+/// Validates a leader key from a proclaim or resign (a resign may pass token
+/// 0: withdraw the lease's candidacy, whatever it is).
 fn check_leader_key(key: Option<&pb::LeaderKey>, what: &str) -> Result<pb::LeaderKey, Status> {
     let key = key.ok_or_else(|| {
         Status::invalid_argument(format!(
@@ -61,9 +62,10 @@ fn check_leader_key(key: Option<&pb::LeaderKey>, what: &str) -> Result<pb::Leade
         ))
     })?;
     check_name(&key.name, what)?;
-    if key.token <= 0 || key.lease <= 0 {
+    let withdraw = what == "resign" && key.token == 0;
+    if (key.token <= 0 && !withdraw) || key.lease <= 0 {
         return Err(Status::invalid_argument(format!(
-            "{what}: leader key has token {} and lease {}; both must be positive (use the key Campaign returned)",
+            "{what}: leader key has token {} and lease {}; both must be positive (use the key Campaign returned; resign also takes token 0 to withdraw a candidacy)",
             key.token, key.lease
         )));
     }

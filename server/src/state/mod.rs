@@ -128,10 +128,12 @@ pub enum Command {
         value: Vec<u8>,
     },
     /// Give up leadership; the next candidate leads at the same revision.
+    /// With `token` 0: withdraw whatever `lease` has in the election (its
+    /// leadership, its place in the queue, or nothing).
     ElectionResign {
         /// Election name.
         name: String,
-        /// The leader's token.
+        /// The leader's token, or 0.
         token: i64,
         /// The leader's lease.
         lease: i64,
@@ -675,6 +677,24 @@ impl StateMachine {
                 election::proclaim(name, *lease, value, &mut w);
                 w.finish();
                 Response::ElectionProclaim {
+                    revision: w.kv.revision(),
+                }
+            }
+            Command::ElectionResign {
+                name,
+                token: 0,
+                lease,
+            } => {
+                let place = election_lock_name(name);
+                if let CancelOutcome::Held(grant) =
+                    self.locks.cancel(&place, *lease, &self.leases, &mut w)
+                {
+                    self.locks
+                        .release(&place, grant.token, *lease, &self.leases, &mut w)?;
+                }
+                election::publish_leaders(&self.locks, &mut w);
+                w.finish();
+                Response::ElectionResign {
                     revision: w.kv.revision(),
                 }
             }

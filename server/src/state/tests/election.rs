@@ -180,6 +180,41 @@ fn resign_hands_over_in_one_revision() {
 }
 
 #[test]
+fn resign_with_token_0_withdraws_whatever_the_lease_has() {
+    let mut state = machine_with_leases(3);
+    let _ = state.execute(&campaign("db", 1, "a"));
+    let _ = state.execute(&campaign("db", 2, "b"));
+    let _ = state.execute(&campaign("db", 3, "c"));
+    // A waiting candidate leaves the queue; the leader stays.
+    let out = state.execute(&resign("db", 0, 2));
+    assert!(matches!(out.response, Response::ElectionResign { .. }));
+    assert_eq!(
+        out.events
+            .iter()
+            .map(|e| (e.kind, e.kv.key.clone()))
+            .collect::<Vec<_>>(),
+        vec![(EventKind::Delete, candidate_key("db", 2))]
+    );
+    assert_eq!(state.leader("db").map(|l| l.lease), Some(1));
+    // The leader withdraws: the next in line (3, not 2) leads at once.
+    let _ = state.execute(&resign("db", 0, 1));
+    assert_eq!(
+        state.leader("db").map(|l| (l.lease, l.value)),
+        Some((3, bytes("c")))
+    );
+    // A lease with nothing in the election: answered, nothing changes.
+    let before = state.clone();
+    let out = state.execute(&resign("db", 0, 2));
+    assert_eq!(
+        out.response,
+        Response::ElectionResign {
+            revision: before.revision()
+        }
+    );
+    assert_eq!(state, before);
+}
+
+#[test]
 fn leader_lease_end_passes_leadership_and_the_last_one_clears_the_record() {
     let mut state = machine_with_leases(2);
     let _ = state.execute(&campaign("db", 1, "a"));
@@ -232,6 +267,11 @@ enum Op {
     Resign {
         election: u8,
     },
+    /// Resign with token 0: whatever the lease has.
+    Withdraw {
+        election: u8,
+        lease: u8,
+    },
     Cancel {
         election: u8,
         lease: u8,
@@ -250,6 +290,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         4 => (0..2u8, 1..6u8).prop_map(|(election, lease)| Op::Campaign { election, lease }),
         2 => (0..2u8, any::<bool>()).prop_map(|(election, stale)| Op::Proclaim { election, stale }),
         2 => (0..2u8).prop_map(|election| Op::Resign { election }),
+        1 => (0..2u8, 1..6u8).prop_map(|(election, lease)| Op::Withdraw { election, lease }),
         1 => (0..2u8, 1..6u8).prop_map(|(election, lease)| Op::Cancel { election, lease }),
         2 => (1..6u8).prop_map(|lease| Op::Expire { lease }),
         1 => (1..6u8).prop_map(|lease| Op::Revoke { lease }),
@@ -282,6 +323,7 @@ fn command(op: &Op, state: &StateMachine, step: usize) -> Command {
                 None => resign(name, 1, 1),
             }
         }
+        Op::Withdraw { election, lease } => resign(NAMES[election as usize], 0, i64::from(lease)),
         Op::Cancel { election, lease } => {
             cancel(&format!("#{}", NAMES[election as usize]), i64::from(lease))
         }
