@@ -587,13 +587,28 @@ async fn a_restarted_member_serves_watches_from_the_history_it_rebuilt() -> anyh
     conn.create_and_confirm(create(2, "hist/", true, 0)).await?;
     let status = cluster.stop(member).await?;
     ensure!(status.success(), "member {member} exited with {status}");
-    let response =
-        match tokio::time::timeout(Duration::from_secs(5), conn.responses.message()).await {
-            Err(_) => bail!("the open watch did not end when its member exited"),
-            Ok(Ok(Some(response))) => response,
-            Ok(Ok(None)) => bail!("on SIGTERM the open watch ended without a cancel"),
-            Ok(Err(status)) => bail!("on SIGTERM the open watch broke without a cancel: {status}"),
-        };
+    // A level watch may first be told how far it got (a progress response
+    // for the last revision), then comes the cancel.
+    let response = loop {
+        let response =
+            match tokio::time::timeout(Duration::from_secs(5), conn.responses.message()).await {
+                Err(_) => bail!("the open watch did not end when its member exited"),
+                Ok(Ok(Some(response))) => response,
+                Ok(Ok(None)) => bail!("on SIGTERM the open watch ended without a cancel"),
+                Ok(Err(status)) => {
+                    bail!("on SIGTERM the open watch broke without a cancel: {status}")
+                }
+            };
+        if response.progress && response.watch_id == 2 {
+            ensure!(
+                revision_of(&response) == last,
+                "a farewell progress for {}, expected {last}",
+                revision_of(&response)
+            );
+            continue;
+        }
+        break response;
+    };
     ensure!(
         response.canceled
             && response.watch_id == 2
