@@ -7,12 +7,12 @@
 //!
 //! **Architecture Invariant:** nothing here panics, whatever the request
 //! holds. Client numbers (`limit`) are only compared, never used as an index;
-//! counters use saturating arithmetic; the only `BTreeMap::range` calls have a
+//! counters use saturating arithmetic; the only `OrdMap::range` calls have a
 //! lower bound that is never above the upper bound.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map;
 use std::ops::Bound;
+
+use imbl::OrdMap;
 
 use super::{
     Compare, CompareOp, CompareTarget, DeleteRequest, DeleteResult, Event, EventKind, KeyValue,
@@ -20,12 +20,16 @@ use super::{
 };
 
 /// The keyspace at its current revision.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KvStore {
     /// Every live key. A `BTreeMap` and not a `HashMap` because prefix reads
     /// are range scans, and because responses, events and the digest must
     /// list keys in one order on every member.
-    kvs: BTreeMap<Vec<u8>, KeyValue>,
+    ///
+    /// A persistent map (shared, copy-on-write nodes) so that a snapshot
+    /// clones the whole keyspace in constant time and the apply loop keeps
+    /// going while the copy is written out.
+    kvs: OrdMap<Vec<u8>, KeyValue>,
     /// How many commands changed the keyspace; 0 for an empty history.
     revision: i64,
 }
@@ -332,19 +336,20 @@ fn delete_result(req: &DeleteRequest, deleted: Vec<KeyValue>, revision: i64) -> 
 /// The pairs whose key is `key`, or starts with `key` when `prefix` is set,
 /// in key order, without scanning the rest of the map.
 fn matching<'a>(
-    kvs: &'a BTreeMap<Vec<u8>, KeyValue>,
+    kvs: &'a OrdMap<Vec<u8>, KeyValue>,
     key: &[u8],
     prefix: bool,
-) -> btree_map::Range<'a, Vec<u8>, KeyValue> {
-    // `BTreeMap::range` panics when the start is above the end, or equal to
-    // it with both bounds excluded. Neither can happen: a single key is an
-    // included start and end, and `prefix_end` is always above the prefix.
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a KeyValue)> + 'a {
+    // An ordered map's range may panic when the start is above the end, or
+    // equal to it with both bounds excluded. Neither can happen: a single key
+    // is an included start and end, and `prefix_end` is always above the
+    // prefix.
     if !prefix {
-        return kvs.range::<[u8], _>((Bound::Included(key), Bound::Included(key)));
+        return kvs.range::<_, [u8]>((Bound::Included(key), Bound::Included(key)));
     }
     let end = prefix_end(key);
     let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-    kvs.range::<[u8], _>((Bound::Included(key), upper))
+    kvs.range::<_, [u8]>((Bound::Included(key), upper))
 }
 
 /// The smallest key above every key that starts with `prefix`: drop trailing

@@ -10,13 +10,13 @@
 //! above the highest id ever granted, and a client-chosen id must be above it
 //! too, so a stale reference to an ended lease can never name a new one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::ApplyError;
 use super::kv::Fnv1a64;
 
 /// One live lease.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     /// The lease id; positive.
     pub id: i64,
@@ -27,9 +27,11 @@ pub struct Lease {
 }
 
 /// Every live lease.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseTable {
-    leases: BTreeMap<i64, Lease>,
+    /// Persistent, like the keyspace, so a snapshot copies it in constant
+    /// time.
+    leases: imbl::OrdMap<i64, Lease>,
     /// The highest id ever granted; the next automatic id is one above.
     max_id: i64,
     /// Counts grants and removals, so the lessor can tell cheaply whether it

@@ -17,7 +17,7 @@
 //! waiters in the same apply step, at the same revision: a contended hand-off
 //! costs no extra commit and clients never poll.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +84,7 @@ pub struct Delay {
 }
 
 /// One lock in use: it exists while it has holders, waiters or a delay.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lock {
     /// 1 for a readers-writer lock, N > 1 for a semaphore.
     pub permits: u32,
@@ -244,9 +244,11 @@ pub fn parse_lock_key(key: &[u8]) -> Option<(String, i64)> {
 }
 
 /// Every lock in use, by name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockTable {
-    locks: BTreeMap<String, Lock>,
+    /// Persistent, like the keyspace, so a snapshot copies it in constant
+    /// time.
+    locks: imbl::OrdMap<String, Lock>,
     /// Changes whenever a delay starts or ends, so the lessor can tell
     /// cheaply whether to look at the delays again.
     delay_generation: u64,

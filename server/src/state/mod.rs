@@ -13,6 +13,8 @@ mod election;
 mod kv;
 mod lease;
 mod lock;
+mod members;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +26,7 @@ pub use lock::{
     Holder, LOCK_PREFIX, LeaveReason, Lock, LockChange, LockMode, LockTable, Waiter, lock_key,
     parse_lock_key,
 };
+pub use members::{Member, MemberChange, MemberTable};
 
 /// Keys under this prefix belong to fenced (lock queues, elections): clients
 /// may read and watch them but never write or delete them through KV.
@@ -137,6 +140,16 @@ pub enum Command {
         token: i64,
         /// The leader's lease.
         lease: i64,
+    },
+    /// A configuration change raft accepted (carried in the context of a
+    /// raft configuration-change entry, never in a normal entry).
+    MemberChange(MemberChange),
+    /// A member tells the cluster its client address.
+    MemberPublish {
+        /// The member.
+        id: u64,
+        /// Its client address.
+        client_addr: String,
     },
 }
 
@@ -297,6 +310,8 @@ pub enum Response {
         /// Keyspace revision after the command.
         revision: i64,
     },
+    /// The member table changed (or a publish changed nothing).
+    Members,
     /// The command could not be carried out; nothing changed.
     Error(ApplyError),
 }
@@ -506,7 +521,7 @@ impl Write<'_> {
 }
 
 /// The whole replicated state. See the module docs for what it must never do.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
     /// The revisioned keyspace.
     kv: KvStore,
@@ -514,12 +529,27 @@ pub struct StateMachine {
     leases: LeaseTable,
     /// Locks in use.
     locks: LockTable,
+    /// The cluster's members.
+    members: MemberTable,
 }
 
 impl StateMachine {
     /// An empty state at revision 0.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty state whose member table holds the initial voters.
+    pub fn bootstrap(members: MemberTable) -> Self {
+        Self {
+            members,
+            ..Self::default()
+        }
+    }
+
+    /// The member table.
+    pub fn members(&self) -> &MemberTable {
+        &self.members
     }
 
     /// The current keyspace revision: the number of committed commands that
@@ -698,6 +728,14 @@ impl StateMachine {
                     revision: w.kv.revision(),
                 }
             }
+            Command::MemberChange(change) => {
+                self.members.apply(change);
+                Response::Members
+            }
+            Command::MemberPublish { id, client_addr } => {
+                self.members.publish(*id, client_addr);
+                Response::Members
+            }
             Command::ElectionResign { name, token, lease } => {
                 election::check_leader(&self.locks, name, *token, *lease)?;
                 self.locks.release(
@@ -760,6 +798,7 @@ impl StateMachine {
         self.kv.digest_into(&mut hash);
         self.leases.digest_into(&mut hash);
         self.locks.digest_into(&mut hash);
+        self.members.digest_into(&mut hash);
         hash.finish()
     }
 }

@@ -13,6 +13,7 @@ mod kv_txn_table;
 mod lease_table;
 mod lock_props;
 mod lock_table;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 
