@@ -101,6 +101,14 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     #[arg(long, default_value = "info,fjall=warn,lsm_tree=warn")]
     pub log: String,
+
+    /// TEST ONLY, deliberately unsafe: `Range` skips the ReadIndex barrier
+    /// and answers from this member's applied state even when the client
+    /// asked for a linearizable read, so a lagging or partitioned member
+    /// serves stale values. It exists so `fenced-chaos` can prove it catches
+    /// such a bug; hidden from `--help`.
+    #[arg(long, hide = true)]
+    pub unsafe_local_reads: bool,
 }
 
 /// A configuration that cannot work.

@@ -75,8 +75,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("cannot build the gRPC reflection service")?;
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
-        KvServer::new(KvService::new(node.clone(), limits))
-            .max_decoding_message_size(config.max_request_bytes),
+        KvServer::new(
+            KvService::new(node.clone(), limits).with_unsafe_local_reads(config.unsafe_local_reads),
+        )
+        .max_decoding_message_size(config.max_request_bytes),
     )
     .add_service(LeaseServer::new(LeaseService::new(
         node.clone(),

@@ -12,12 +12,30 @@ use crate::state::{self, Command};
 pub struct KvService {
     node: Node,
     limits: Limits,
+    /// TEST ONLY (`--unsafe-local-reads`): skip the read barrier of
+    /// linearizable ranges, a deliberate bug for `fenced-chaos` to catch.
+    unsafe_local_reads: bool,
 }
 
 impl KvService {
     /// A service over `node`.
     pub fn new(node: Node, limits: Limits) -> Self {
-        Self { node, limits }
+        Self {
+            node,
+            limits,
+            unsafe_local_reads: false,
+        }
+    }
+
+    /// TEST ONLY: serve linearizable ranges from local state without a
+    /// read barrier (stale reads on a lagging member). See
+    /// `Config::unsafe_local_reads`.
+    pub fn with_unsafe_local_reads(mut self, enabled: bool) -> Self {
+        if enabled {
+            tracing::warn!("--unsafe-local-reads: linearizable ranges skip ReadIndex (test only)");
+        }
+        self.unsafe_local_reads = enabled;
+        self
     }
 
     async fn propose(
@@ -43,7 +61,7 @@ impl Kv for KvService {
         let timeout = client_timeout(&request);
         let req = request.into_inner();
         let range = convert::range(&req, &self.limits)?;
-        if !req.serializable {
+        if !req.serializable && !self.unsafe_local_reads {
             self.node.read_barrier(self.node.deadline(timeout)).await?;
         }
         let state = self.node.state();
