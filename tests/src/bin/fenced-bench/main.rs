@@ -4,23 +4,36 @@
 //! ```text
 //! fenced-bench --target fenced|etcd --endpoints a,b,c WORKLOAD [--clients N]
 //!              [--duration S | --total N] [-o json]
-//!     WORKLOAD: put [--keys N] [--value-size B] | lock [--locks N]
+//!     WORKLOAD: put [--keys N] [--value-size B]
+//!             | range [--keys N] [--value-size B] [--serializable]
+//!             | lock [--locks N]
+//!             | lease-keepalive [--ttl S] [--interval-ms MS]
 //!             | watch-latency [--watchers N] [--per-stream M] [--rate R]
 //!             | watch-hold [--watchers N] [--per-stream M]
 //!             | election-failover [--candidates K] [--ttl S]
+//!             | member-failover --pids P1,P2,P3 [--locks N] [--kill-after S] [--after S]
 //! ```
 //!
-//! `put` and `lock` are closed loops: each client issues its next request
-//! when the previous one is answered. Latencies go into an hdrhistogram per
-//! client, merged at the end. For `lock` one operation is one acquire +
-//! release cycle of a lock shared with the other clients mapped to it, and
-//! its latency is the whole cycle.
+//! `put`, `range`, `lock` and `lease-keepalive` are closed loops: each
+//! client issues its next request when the previous one is answered
+//! (`lease-keepalive --interval-ms` paces each lease instead). Latencies go
+//! into an hdrhistogram per client, merged at the end. For `lock` one
+//! operation is one acquire + release cycle of a lock shared with the other
+//! clients mapped to it, and its latency is the whole cycle. `range` (see
+//! `range`) reads keys it wrote before the run; `lease-keepalive` (see
+//! `keepalive`) keeps one lease per client alive over a stream of its own.
 //!
 //! `watch-latency`, `watch-hold` (see `watch`) and `election-failover` (see
 //! `election`) ignore `--clients` and `--conns`: their shape is set by
-//! their own flags.
+//! their own flags. `member-failover` (see `member_failover`) runs the lock
+//! workload with `--clients` clients, SIGKILLs the leading member's process
+//! and times the next successful acquire; it ignores `--duration`,
+//! `--total` and `--conns`.
 
 mod election;
+mod keepalive;
+mod member_failover;
+mod range;
 mod target;
 mod watch;
 
@@ -102,12 +115,38 @@ enum Workload {
         #[arg(long, default_value_t = 256)]
         value_size: usize,
     },
+    /// Point reads of random keys out of --keys, all written before the
+    /// run (not timed).
+    Range {
+        /// Distinct keys written before the run and read.
+        #[arg(long, default_value_t = 1_000)]
+        keys: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Serializable reads (from the member's applied state) instead of
+        /// linearizable ones.
+        #[arg(long)]
+        serializable: bool,
+    },
     /// Acquire + release cycles: client i loops on lock `bench-lock-{i %
     /// locks}` (blocking, FIFO) with its own lease.
     Lock {
         /// Distinct locks the clients are spread over.
         #[arg(long, default_value_t = 1)]
         locks: usize,
+    },
+    /// One lease per client kept alive over a keepalive stream of its own,
+    /// one keepalive in flight per lease; figures are keepalives
+    /// acknowledged per second and the round trip of one keepalive.
+    LeaseKeepalive {
+        /// TTL of every lease, seconds.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+        /// Send each lease's keepalives this far apart (open loop per lease,
+        /// latencies corrected for coordinated omission); 0: closed loop.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
     },
     /// N watchers of one key on the first endpoint, one writer putting to
     /// it through the same endpoint; latency is put issued -> event
@@ -143,6 +182,23 @@ enum Workload {
         /// Lease TTL of every candidate, whole seconds.
         #[arg(long, default_value_t = 2)]
         ttl: u64,
+    },
+    /// The lock workload (--clients clients over --locks locks) while the
+    /// leading member's process is SIGKILLed; time from the kill to the
+    /// first successful acquire issued after it. Leaves that member dead.
+    MemberFailover {
+        /// The server process id of each endpoint, in --endpoints order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        pids: Vec<u32>,
+        /// Distinct locks; 0: one per client (no client waits for another).
+        #[arg(long, default_value_t = 0)]
+        locks: usize,
+        /// Seconds of lock cycles before the kill.
+        #[arg(long, default_value_t = 2.0)]
+        kill_after: f64,
+        /// Seconds of lock cycles after every client acquired again.
+        #[arg(long, default_value_t = 1.0)]
+        after: f64,
     },
 }
 
@@ -187,9 +243,21 @@ async fn main() -> anyhow::Result<()> {
             let targets = connect(&args).await?;
             run_put(&args, &targets, stop, keys, value_size).await?
         }
+        Workload::Range {
+            keys,
+            value_size,
+            serializable,
+        } => {
+            let targets = connect(&args).await?;
+            run_range(&args, &targets, stop, keys, value_size, serializable).await?
+        }
         Workload::Lock { locks } => {
             let targets = connect(&args).await?;
             run_lock(&args, &targets, stop, locks).await?
+        }
+        Workload::LeaseKeepalive { ttl, interval_ms } => {
+            let targets = connect(&args).await?;
+            run_lease_keepalive(&args, &targets, stop, ttl, interval_ms).await?
         }
         Workload::WatchLatency {
             watchers,
@@ -203,6 +271,12 @@ async fn main() -> anyhow::Result<()> {
         Workload::ElectionFailover { candidates, ttl } => {
             run_election_failover(&args, stop, candidates, ttl).await?
         }
+        Workload::MemberFailover {
+            pids,
+            locks,
+            kill_after,
+            after,
+        } => run_member_failover(&args, pids, locks, kill_after, after).await?,
     };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string(&summary)?),
@@ -241,11 +315,15 @@ fn simple_line(summary: &Summary) -> String {
     let rate = match summary.workload {
         "watch-latency" => format!(" events/s={:.0}", summary.ops_per_sec),
         "watch-hold" => format!(" watches-opened/s={:.0}", summary.ops_per_sec),
+        "lease-keepalive" => format!(" keepalives/s={:.0}", summary.ops_per_sec),
         "election-failover" => String::new(),
+        "member-failover" => format!(" cycles/s={:.0}", summary.ops_per_sec),
         _ => format!(" ops/s={:.0}", summary.ops_per_sec),
     };
     let clients = match summary.workload {
-        "put" | "lock" => format!(" clients={}", summary.clients),
+        "put" | "range" | "lock" | "lease-keepalive" | "member-failover" => {
+            format!(" clients={}", summary.clients)
+        }
         _ => String::new(),
     };
     format!(
@@ -325,6 +403,101 @@ async fn run_put(
         errors += e;
     }
     Ok(summarize("put", args, hist, errors, started.elapsed()))
+}
+
+async fn run_range(
+    args: &Args,
+    targets: &[Target],
+    stop: Stop,
+    keys: u64,
+    value_size: usize,
+    serializable: bool,
+) -> anyhow::Result<Summary> {
+    let run = range::run(targets, args.clients, stop, keys, value_size, serializable).await?;
+    let elapsed = Duration::from_secs_f64(run.seconds);
+    let mut summary = summarize("range", args, run.hist, run.errors, elapsed);
+    let extra = &mut summary.extra;
+    extra.insert("keys".into(), keys.into());
+    extra.insert(
+        "consistency".into(),
+        if serializable {
+            "serializable"
+        } else {
+            "linearizable"
+        }
+        .into(),
+    );
+    extra.insert("missing".into(), run.missing.into());
+    extra.insert("populate_seconds".into(), run.populate_seconds.into());
+    Ok(summary)
+}
+
+async fn run_lease_keepalive(
+    args: &Args,
+    targets: &[Target],
+    stop: Stop,
+    ttl: i64,
+    interval_ms: u64,
+) -> anyhow::Result<Summary> {
+    if ttl <= 0 {
+        bail!("--ttl must be at least 1 s");
+    }
+    let interval = Duration::from_millis(interval_ms);
+    let run = keepalive::run(targets, args.clients, stop, ttl, interval).await?;
+    let elapsed = Duration::from_secs_f64(run.seconds);
+    let mut summary = summarize("lease-keepalive", args, run.hist, run.errors, elapsed);
+    // With an interval the histogram holds corrected values too: the rate
+    // is of acknowledged keepalives only.
+    summary.ops = run.acks;
+    summary.ops_per_sec = run.acks as f64 / run.seconds;
+    let extra = &mut summary.extra;
+    extra.insert("leases".into(), args.clients.into());
+    extra.insert("ttl_s".into(), ttl.into());
+    extra.insert("interval_ms".into(), interval_ms.into());
+    Ok(summary)
+}
+
+async fn run_member_failover(
+    args: &Args,
+    pids: Vec<u32>,
+    locks: usize,
+    kill_after: f64,
+    after: f64,
+) -> anyhow::Result<Summary> {
+    if !(kill_after >= 0.0 && after >= 0.0) {
+        bail!("--kill-after and --after must not be negative");
+    }
+    let shape = member_failover::Shape {
+        kind: args.target,
+        endpoints: args.endpoints.clone(),
+        pids,
+        clients: args.clients,
+        locks: if locks == 0 { args.clients } else { locks },
+        kill_after: Duration::from_secs_f64(kill_after),
+        after: Duration::from_secs_f64(after),
+    };
+    let run = member_failover::run(&shape).await?;
+    let elapsed = Duration::from_secs_f64(run.seconds);
+    let errors = run.acquire_errors + run.release_errors;
+    let mut summary = summarize("member-failover", args, run.hist, errors, elapsed);
+    let cycles = run.cycles_before_kill + run.cycles_after_kill;
+    summary.ops = cycles;
+    summary.ops_per_sec = cycles as f64 / run.seconds;
+    summary.locks = Some(shape.locks);
+    let extra = &mut summary.extra;
+    extra.insert("failover_ms".into(), run.failover_ms.into());
+    extra.insert("all_clients_ms".into(), run.all_clients_ms.into());
+    extra.insert("killed_member".into(), run.killed_member.into());
+    extra.insert("killed_endpoint".into(), run.killed_endpoint.into());
+    extra.insert(
+        "new_leader".into(),
+        run.new_leader.unwrap_or_else(|| "?".to_owned()).into(),
+    );
+    extra.insert("acquire_errors".into(), run.acquire_errors.into());
+    extra.insert("release_errors".into(), run.release_errors.into());
+    extra.insert("cycles_before_kill".into(), run.cycles_before_kill.into());
+    extra.insert("cycles_after_kill".into(), run.cycles_after_kill.into());
+    Ok(summary)
 }
 
 async fn run_lock(

@@ -5,16 +5,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fenced_client::pb;
+use fenced_client::pb::kv_client::KvClient;
 use fenced_client::pb::lease_client::LeaseClient;
 use fenced_client::pb::lock_client::LockClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::TargetKind;
 
-/// Longest a single lock call (acquire, release, grant, revoke) may take
-/// before it counts as an error. Only a safety net: a closed-loop run with
-/// every waiter releasing promptly never comes near it.
-const LOCK_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a single call (acquire, release, grant, revoke, range, one
+/// keepalive's answer) may take before it counts as an error. Only a safety
+/// net: a closed-loop run with every waiter releasing promptly never comes
+/// near it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One connection to one system. Cheap to clone (shares the connection).
 #[derive(Clone)]
@@ -100,6 +102,34 @@ impl Target {
             }
         }
         Ok(())
+    }
+
+    /// Reads one key; `serializable` answers from the member's applied
+    /// state, otherwise the read is linearizable (a ReadIndex round on
+    /// fenced, a quorum read on etcd). Returns whether the key was found.
+    ///
+    /// fenced goes through the generated KV stub on this connection's
+    /// member (not fenced-client, which sticks to its first endpoint), so
+    /// the reads are spread over the members as etcd-client spreads them.
+    pub(crate) async fn range(&self, key: Vec<u8>, serializable: bool) -> anyhow::Result<bool> {
+        match self {
+            Target::Fenced { channel, .. } => {
+                let request = pb::RangeRequest {
+                    key,
+                    serializable,
+                    ..Default::default()
+                };
+                let response = timed(KvClient::new(channel.clone()).range(request)).await?;
+                Ok(!response.into_inner().kvs.is_empty())
+            }
+            #[cfg(feature = "etcd")]
+            Target::Etcd(c) => {
+                let options =
+                    serializable.then(|| etcd_client::GetOptions::new().with_serializable());
+                let response = timed(c.kv_client().get(key, options)).await?;
+                Ok(!response.kvs().is_empty())
+            }
+        }
     }
 
     /// Grants a lease of `ttl` seconds on this connection and returns a
@@ -259,14 +289,14 @@ impl Locker {
     }
 }
 
-/// `call` bounded by [`LOCK_CALL_TIMEOUT`]; dropping a timed-out call
+/// `call` bounded by [`CALL_TIMEOUT`]; dropping a timed-out call
 /// cancels it on the server (which removes a queued acquire).
-async fn timed<T, E>(call: impl Future<Output = Result<T, E>>) -> anyhow::Result<T>
+pub(crate) async fn timed<T, E>(call: impl Future<Output = Result<T, E>>) -> anyhow::Result<T>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    match tokio::time::timeout(LOCK_CALL_TIMEOUT, call).await {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => Ok(result?),
-        Err(_) => anyhow::bail!("no answer within {LOCK_CALL_TIMEOUT:?}"),
+        Err(_) => anyhow::bail!("no answer within {CALL_TIMEOUT:?}"),
     }
 }
