@@ -8,9 +8,10 @@ use std::time::Duration;
 use fenced_client::pb::cluster_server::{Cluster, ClusterServer};
 use fenced_client::pb::kv_server::{Kv, KvServer};
 use fenced_client::pb::{
-    DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, MemberListResponse, PutRequest,
+    DeleteRangeRequest, DeleteRangeResponse, MemberAddRequest, MemberChangeResponse,
+    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberRemoveRequest, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse,
+    TransferLeaderRequest, TransferLeaderResponse, TxnRequest, TxnResponse,
 };
 use fenced_client::{Client, ClientConfig};
 use tokio::net::TcpListener;
@@ -111,6 +112,34 @@ impl Cluster for FakeMember {
             members: Vec::new(),
         })
         .await
+    }
+
+    async fn member_add(
+        &self,
+        _: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn member_promote(
+        &self,
+        _: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn member_remove(
+        &self,
+        _: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn transfer_leader(
+        &self,
+        _: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
     }
 }
 

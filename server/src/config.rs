@@ -37,9 +37,25 @@ pub struct Config {
     #[arg(long)]
     pub initial_cluster: Option<String>,
 
-    /// Join a running cluster through this client address (membership changes).
-    #[arg(long)]
+    /// Join a running cluster through this client address (`HOST:PORT` of any
+    /// member): the member is added as a learner, catches up, and is promoted
+    /// to voter once caught up (unless `--learner`). Only read when the data
+    /// dir is new; a member that already joined just restarts.
+    #[arg(long, conflicts_with = "initial_cluster")]
     pub join: Option<String>,
+
+    /// With `--join`: stay a learner (receives the log, never votes).
+    #[arg(long, requires = "join")]
+    pub learner: bool,
+
+    /// Take a snapshot of the state every this many applied log entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_interval: u64,
+
+    /// Log entries kept before the latest snapshot when the log is
+    /// compacted, so a follower that lags a little catches up from the log.
+    #[arg(long, default_value_t = 5_000)]
+    pub snapshot_tail: u64,
 
     /// Mixed into the cluster id, so two clusters with the same member ids
     /// refuse each other's traffic.
@@ -154,12 +170,22 @@ impl Config {
                 self.min_lease_ttl()
             )));
         }
-        if self.join.is_some() {
+        if self.snapshot_interval == 0 {
             return Err(ConfigError(
-                "--join is not supported yet: membership changes arrive with the membership issue; \
-                 start every member with the same --initial-cluster instead"
-                    .into(),
+                "--snapshot-interval must be at least 1 entry".into(),
             ));
+        }
+        if let Some(join) = &self.join {
+            if join
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(ConfigError(format!(
+                    "--join {join:?} must be HOST:PORT (a member's client address)"
+                )));
+            }
+            return Ok(());
         }
         let members = self.initial_members()?;
         if !members.contains_key(&self.id) {

@@ -23,6 +23,7 @@
 pub mod api;
 pub mod config;
 pub mod http;
+pub mod join;
 pub mod lessor;
 pub mod node;
 pub mod server;

@@ -21,6 +21,7 @@ use crate::api::{
 };
 use crate::config::Config;
 use crate::lessor::Lessor;
+use crate::node::driver::Stopped;
 use crate::{http, node};
 
 /// Most operations per transaction branch (like etcd's `--max-txn-ops`).
@@ -43,8 +44,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
 
-    let started = node::start(&config)?;
+    let opened = node::open(&config)?;
+    let joined = if opened.needs_join(&config) {
+        Some(crate::join::join(&config).await?)
+    } else {
+        crate::join::check_cluster(&config, &opened).await?;
+        None
+    };
+    let started = node::start(&config, opened, joined)?;
     let node = started.node.clone();
+    tokio::spawn(crate::join::publish_addresses(
+        node.clone(),
+        config.peer_listen.to_string(),
+        config.listen.to_string(),
+    ));
+    if config.join.is_some() && !config.learner {
+        tokio::spawn(crate::join::promote_when_caught_up(
+            node.clone(),
+            config.listen.to_string(),
+        ));
+    }
     tracing::info!(
         id = config.id,
         client = %config.listen,
@@ -88,11 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .add_service(LockServer::new(LockService::new(node.clone())))
     .add_service(ElectionServer::new(ElectionService::new(node.clone())))
     .add_service(WatchServer::new(WatchService::new(node.clone(), limits)))
-    .add_service(ClusterServer::new(ClusterService::new(
-        node.clone(),
-        started.peers.clone(),
-        config.listen.to_string(),
-    )))
+    .add_service(ClusterServer::new(ClusterService::new(node.clone())))
     .add_service(health_service)
     .add_service(reflection);
     let grpc = grpc.routes();
@@ -128,6 +143,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .http2_keepalive_interval(Some(Duration::from_secs(1)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(2)))
                 .add_service(service)
+                // Membership calls forwarded to the leader arrive here.
+                .add_service(ClusterServer::new(ClusterService::new(node.clone())))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 }),
@@ -135,17 +152,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let driver = started.driver;
+    let mut removed = false;
     let mut driver_done = tokio::task::spawn_blocking(move || driver.join());
     let failure = tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!(signal, "shutting down");
             None
         }
-        joined = &mut driver_done => Some(match joined {
-            Ok(Ok(Ok(()))) => anyhow::anyhow!("the raft driver stopped unexpectedly"),
-            Ok(Ok(Err(err))) => err,
-            Ok(Err(_)) | Err(_) => anyhow::anyhow!("the raft driver panicked"),
-        }),
+        joined = &mut driver_done => match joined {
+            Ok(Ok(Ok(Stopped::Removed(why)))) => {
+                tracing::warn!(%why, "this member was removed from the cluster; stopping");
+                removed = true;
+                None
+            }
+            Ok(Ok(Ok(Stopped::Shutdown))) => Some(anyhow::anyhow!("the raft driver stopped unexpectedly")),
+            Ok(Ok(Err(err))) => Some(err),
+            Ok(Err(_)) | Err(_) => Some(anyhow::anyhow!("the raft driver panicked")),
+        },
     };
     // Watch and observe streams never end by themselves: end them first,
     // each watch told where to resume, before the listeners stop.
@@ -169,10 +192,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         client_abort.abort();
     }
     peer_server.abort();
-    match tokio::time::timeout(Duration::from_secs(5), driver_done).await {
-        Ok(Ok(Ok(Err(err)))) => return Err(err),
-        Ok(_) => {}
-        Err(_) => tracing::warn!("raft driver did not stop within 5s"),
+    if !removed {
+        match tokio::time::timeout(Duration::from_secs(5), driver_done).await {
+            Ok(Ok(Ok(Err(err)))) => return Err(err),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("raft driver did not stop within 5s"),
+        }
     }
     tracing::info!("stopped cleanly");
     Ok(())

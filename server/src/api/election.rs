@@ -290,6 +290,9 @@ impl Election for ElectionService {
                             Some(Ended::TooSlow) => Status::resource_exhausted(format!(
                                 "observe {name:?}: this observer fell behind; observe again from the revision after the last one received"
                             )),
+                            Some(Ended::Reset) => Status::unavailable(format!(
+                                "observe {name:?}: this member caught up from a snapshot; observe again from the revision after the last one received, on another member"
+                            )),
                             None => Status::unavailable("member is shutting down"),
                         };
                         let _ = tx.send(Err(status)).await;

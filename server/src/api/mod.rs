@@ -39,6 +39,7 @@ impl From<NodeError> for Status {
             NodeError::Aborted(m) => Status::aborted(m),
             NodeError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             NodeError::Storage(m) => Status::unavailable(format!("storage failure: {m}")),
+            NodeError::FailedPrecondition(m) => Status::failed_precondition(m),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The internal `Peer` service: receives batched raft messages.
+//! The internal `Peer` service: receives batched raft messages and chunked
+//! snapshots, and answers forwarded lease questions.
 
 use fenced_proto::pb::{self, peer_server::Peer};
 use tonic::{Request, Response, Status, Streaming};
@@ -36,7 +37,20 @@ impl PeerService {
             cluster_id
         )))
     }
+
+    /// A removed member is told so (PERMISSION_DENIED), and stops.
+    fn check_member(&self, from: u64) -> Result<(), Status> {
+        if self.node.state().members().was_removed(from) {
+            return Err(Status::permission_denied(format!(
+                "member {from} was removed from the cluster"
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// The largest snapshot a member accepts (the state lives in memory).
+const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 #[tonic::async_trait]
 impl Peer for PeerService {
@@ -47,6 +61,7 @@ impl Peer for PeerService {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             self.check_cluster(batch.from, batch.cluster_id)?;
+            self.check_member(batch.from)?;
             for bytes in &batch.messages {
                 let msg = transport::decode(bytes).map_err(|e| {
                     Status::invalid_argument(format!("undecodable raft message: {e}"))
@@ -58,6 +73,59 @@ impl Peer for PeerService {
             }
         }
         Ok(Response::new(pb::RaftAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotAck>, Status> {
+        let mut stream = request.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        self.check_cluster(first.from, first.cluster_id)?;
+        self.check_member(first.from)?;
+        let mut msg = transport::decode(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot message: {e}")))?;
+        if first.total_bytes > MAX_SNAPSHOT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "snapshot of {} bytes is over the limit of {MAX_SNAPSHOT_BYTES}",
+                first.total_bytes
+            )));
+        }
+        let total = first.total_bytes as usize;
+        let mut data = Vec::with_capacity(total);
+        data.extend_from_slice(&first.data);
+        while let Some(chunk) = stream.message().await? {
+            if data.len() + chunk.data.len() > total {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot data exceeds the announced {total} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.len() != total {
+            return Err(Status::invalid_argument(format!(
+                "snapshot stream ended after {} of {total} bytes",
+                data.len()
+            )));
+        }
+        if msg.to != self.node.id() {
+            return Err(Status::invalid_argument(format!(
+                "snapshot for member {} reached member {}",
+                msg.to,
+                self.node.id()
+            )));
+        }
+        tracing::info!(
+            from = first.from,
+            index = msg.get_snapshot().get_metadata().index,
+            bytes = total,
+            "received a snapshot"
+        );
+        msg.mut_snapshot().set_data(data.into());
+        self.node.step(msg)?;
+        Ok(Response::new(pb::SnapshotAck {}))
     }
 
     async fn hello(

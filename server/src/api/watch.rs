@@ -399,6 +399,15 @@ impl StreamTask {
                 ),
                 ..self.response(watch_id, revision)
             },
+            Ended::Reset => pb::WatchResponse {
+                canceled: true,
+                resume_revision: resume_from,
+                code: Code::Unavailable as i32,
+                cancel_reason: format!(
+                    "this member caught up from a snapshot and skipped revisions; watch again from revision {resume_from} on another member"
+                ),
+                ..self.response(watch_id, revision)
+            },
             Ended::TooSlow => pb::WatchResponse {
                 canceled: true,
                 resume_revision: resume_from,

@@ -13,20 +13,47 @@
 //! Proposals that arrive while a batch is being persisted wait in the inbox
 //! and go into the next Ready: that is the group commit.
 //!
+//! A snapshot from the leader is installed into storage (one atomic batch)
+//! before the Ready's entries are persisted, and handed to the apply loop
+//! ahead of any later entry. Local snapshots are written by the snapshot
+//! thread; the driver only records them and compacts the log.
+//!
+//! Membership changes are proposed here, one at a time and only by the
+//! leader, as single-step `ConfChangeV2`s (never a joint configuration), so
+//! the replicated member table always equals raft's configuration.
+//!
 //! **Architecture Invariant:** a storage error stops the member (fail-stop).
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, MessageType};
-use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
+    EntryType, MessageType,
+};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use crate::node::apply::ApplyTask;
+use crate::node::proposals::Envelope;
 use crate::node::read_index::ReadIndexBatcher;
 use crate::node::storage::{FjallStorage, StorageError};
 use crate::node::transport::Transport;
 use crate::node::{DriverMsg, NodeError, Role, Shared};
+use crate::state::{Command, MemberChange};
+
+/// A learner may be promoted once its log is at most this many entries
+/// behind the leader's.
+pub const PROMOTE_MAX_LAG: u64 = 1000;
+
+/// Why the driver stopped without a storage failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to (SIGTERM, or the server is stopping).
+    Shutdown,
+    /// This member was removed from the cluster.
+    Removed(String),
+}
 
 /// Most messages taken from the inbox before the loop looks at ticks and
 /// Ready again; keeps ticks on time under a flood of proposals.
@@ -48,6 +75,10 @@ pub struct Driver {
     pub(crate) reads: ReadIndexBatcher,
     /// Raft tick interval.
     pub(crate) tick: Duration,
+    /// Log entries kept before the latest snapshot when compacting.
+    pub(crate) snapshot_tail: u64,
+    /// Set once this member learns it was removed.
+    pub(crate) removed: Option<String>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -61,7 +92,7 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     /// Runs until shutdown. Returns an error only for a storage failure, after
     /// which the member must stop.
-    pub fn run(mut self) -> Result<(), StorageError> {
+    pub fn run(mut self) -> Result<Stopped, StorageError> {
         let read_timeout = self.shared.status.election_timeout();
         let mut next_tick = Instant::now() + self.tick;
         self.publish_status();
@@ -94,6 +125,7 @@ impl Driver {
                     next_tick = now + self.tick;
                 }
                 self.reads.expire(now, read_timeout);
+                self.leave_stalled_joint();
             }
             let leader_known = self.raw.raft.leader_id != raft::INVALID_ID;
             let raw = &mut self.raw;
@@ -102,12 +134,18 @@ impl Driver {
             if self.raw.has_ready() {
                 self.on_ready()?;
             }
+            if self.removed.is_some() {
+                break 'run;
+            }
         }
         tracing::info!("driver stopped");
         self.shared
             .proposals
             .fail_all(NodeError::Unavailable("member is shutting down".into()));
-        Ok(())
+        Ok(match self.removed.take() {
+            Some(why) => Stopped::Removed(why),
+            None => Stopped::Shutdown,
+        })
     }
 
     /// Handles one inbox message; false means stop.
@@ -138,9 +176,178 @@ impl Driver {
             }
             DriverMsg::ReadIndex(reply) => self.reads.push(reply),
             DriverMsg::Unreachable(peer) => self.raw.report_unreachable(peer),
+            DriverMsg::ConfChange {
+                change,
+                context,
+                seq,
+            } => {
+                if let Err(err) = self.propose_conf_change(&change, context) {
+                    self.shared.proposals.complete(seq, Err(err));
+                } else {
+                    let index = self.raw.raft.raft_log.last_index();
+                    self.shared.proposals.expect_at(index, seq);
+                }
+            }
+            DriverMsg::TransferLeader { target, reply } => {
+                let _ = reply.send(self.transfer_leader(target));
+            }
+            DriverMsg::SnapshotWritten(meta) => {
+                if let Err(err) = self.record_snapshot(&meta) {
+                    tracing::warn!(index = meta.index, cause = %err, "local snapshot not recorded");
+                }
+            }
+            DriverMsg::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            DriverMsg::Removed(why) => {
+                tracing::warn!(%why, "this member was removed from the cluster");
+                self.removed = Some(why);
+                return false;
+            }
             DriverMsg::Shutdown => return false,
         }
         true
+    }
+
+    /// Checks and proposes one membership change. Refused unless this member
+    /// leads, no other change is pending, and (for a promotion) the learner
+    /// has caught up.
+    fn propose_conf_change(
+        &mut self,
+        change: &MemberChange,
+        context: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(NodeError::Unavailable(format!(
+                "member {} is not the leader (leader: {}); retry",
+                self.shared.id, raft.leader_id
+            )));
+        }
+        let conf = raft.prs().conf().to_conf_state();
+        if raft.has_pending_conf() || !conf.voters_outgoing.is_empty() {
+            return Err(NodeError::FailedPrecondition(
+                "another membership change is in flight; retry once it is applied".into(),
+            ));
+        }
+        let (change_type, id) = match change {
+            MemberChange::Add { id, learner, .. } => (
+                if *learner {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::AddNode
+                },
+                *id,
+            ),
+            MemberChange::Promote { id } => {
+                let last = raft.raft_log.last_index();
+                let Some(progress) = raft.prs().get(*id) else {
+                    return Err(NodeError::FailedPrecondition(format!(
+                        "member {id} is not in raft's configuration"
+                    )));
+                };
+                let behind = last.saturating_sub(progress.matched);
+                if progress.state == ProgressState::Snapshot || behind > PROMOTE_MAX_LAG {
+                    return Err(NodeError::FailedPrecondition(format!(
+                        "learner {id} has not caught up: it has the log up to index {} of {last} \
+                         ({behind} behind, at most {PROMOTE_MAX_LAG} allowed); retry once it has",
+                        progress.matched
+                    )));
+                }
+                (ConfChangeType::AddNode, *id)
+            }
+            MemberChange::Remove { id } => (ConfChangeType::RemoveNode, *id),
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.set_changes(vec![single].into());
+        cc.context = context.into();
+        let before = self.raw.raft.raft_log.last_index();
+        self.raw
+            .propose_conf_change(vec![], cc)
+            .map_err(|err| NodeError::Unavailable(format!("membership change dropped: {err}")))?;
+        if self.raw.raft.raft_log.last_index() == before {
+            return Err(NodeError::Unavailable(
+                "membership change dropped (leadership is moving); retry".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// fenced never enters a joint configuration itself, but if one is
+    /// found (an older member, or raft-rs's own auto-leave lost with a
+    /// leader change: its `commit_apply` only leaves on the leader that
+    /// entered), the leader proposes the empty change that leaves it.
+    fn leave_stalled_joint(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader
+            || raft.has_pending_conf()
+            || raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
+        {
+            return;
+        }
+        tracing::warn!("leaving a stalled joint configuration");
+        if let Err(err) = self
+            .raw
+            .propose_conf_change(vec![], ConfChangeV2::default())
+        {
+            tracing::warn!(cause = %err, "could not propose leaving the joint configuration");
+        }
+    }
+
+    fn transfer_leader(&mut self, target: u64) -> Result<(), NodeError> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(NodeError::Unavailable(format!(
+                "member {} is not the leader (leader: {}); retry",
+                self.shared.id, raft.leader_id
+            )));
+        }
+        if target == self.shared.id {
+            return Ok(());
+        }
+        if !raft.prs().conf().to_conf_state().voters.contains(&target) {
+            return Err(NodeError::FailedPrecondition(format!(
+                "member {target} is not a voter; only a voter can lead"
+            )));
+        }
+        self.raw.transfer_leader(target);
+        Ok(())
+    }
+
+    /// Records a snapshot the snapshot thread wrote, and compacts the log up
+    /// to `snapshot_tail` entries before it.
+    fn record_snapshot(
+        &mut self,
+        meta: &raft::eraftpb::SnapshotMetadata,
+    ) -> Result<(), StorageError> {
+        let store = self.raw.mut_store();
+        store.record_snapshot(meta)?;
+        self.shared.status.set_snapshot_index(meta.index);
+        let keep_from = meta.index.saturating_sub(self.snapshot_tail) + 1;
+        let started = Instant::now();
+        let first_before = store.first_index().unwrap_or(0);
+        store.compact(keep_from)?;
+        let removed = store
+            .first_index()
+            .unwrap_or(0)
+            .saturating_sub(first_before);
+        tracing::info!(
+            index = meta.index,
+            first_index = store.first_index().unwrap_or(0),
+            removed,
+            compact_ms = started.elapsed().as_millis() as u64,
+            "snapshot recorded, log compacted"
+        );
+        Ok(())
     }
 
     fn on_ready(&mut self) -> Result<(), StorageError> {
@@ -150,14 +357,21 @@ impl Driver {
             self.send(msgs);
         }
         if !ready.snapshot().is_empty() {
-            // The log is never compacted yet, so no leader sends a snapshot.
-            // Installing one into storage without restoring the state
-            // machine would diverge silently; stopping is the safe answer.
-            let index = ready.snapshot().get_metadata().index;
-            return Err(StorageError::InvalidSnapshot(format!(
-                "received a snapshot at index {index}, but snapshot install is not supported by \
-                 this version"
-            )));
+            let snapshot = ready.snapshot().clone();
+            let index = snapshot.get_metadata().index;
+            let started = Instant::now();
+            self.raw.mut_store().apply_snapshot(snapshot.clone())?;
+            tracing::info!(
+                index,
+                bytes = snapshot.get_data().len(),
+                install_ms = started.elapsed().as_millis() as u64,
+                "installed a snapshot from the leader into storage"
+            );
+            self.shared.status.set_snapshot_index(index);
+            let _ = self.apply_tx.send(ApplyTask::Restore {
+                index,
+                data: snapshot.get_data().to_vec(),
+            });
         }
         let hard_state = ready.hs().cloned();
         if !ready.entries().is_empty() || hard_state.is_some() {
@@ -231,29 +445,72 @@ impl Driver {
                     tracing::error!(index = entry.index, cause = %err, "conf change refused")
                 }
             }
+            self.track_member_change(entry);
         }
         // The apply loop only stops when this sender is dropped.
         let _ = self.apply_tx.send(ApplyTask::Entries(entries));
         Ok(())
     }
 
+    /// Keeps the transport in step with a committed membership change: a
+    /// new member gets a connection, a removed one loses it, and this
+    /// member stops once it is removed.
+    fn track_member_change(&mut self, entry: &Entry) {
+        let mut cc = ConfChangeV2::default();
+        if entry.get_entry_type() != EntryType::EntryConfChangeV2
+            || protobuf::Message::merge_from_bytes(&mut cc, &entry.data).is_err()
+            || cc.context.is_empty()
+        {
+            return;
+        }
+        let Ok(envelope) = Envelope::decode(&cc.context) else {
+            return;
+        };
+        match envelope.command {
+            Command::MemberChange(MemberChange::Add { id, peer_addr, .. }) => {
+                if id != self.shared.id {
+                    self.transport.set_peer(id, peer_addr);
+                }
+            }
+            Command::MemberChange(MemberChange::Remove { id }) if id == self.shared.id => {
+                self.removed = Some(format!(
+                    "member {id} was removed from the cluster (raft index {})",
+                    entry.index
+                ));
+            }
+            Command::MemberChange(MemberChange::Remove { id }) => self.transport.remove_peer(id),
+            _ => {}
+        }
+    }
+
     fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
         for msg in msgs {
             let to = msg.to;
+            if !self.transport.has_peer(to) {
+                // A member this one learned about from a snapshot.
+                if let Some(addr) = self.peer_addr(to) {
+                    self.transport.set_peer(to, addr);
+                }
+            }
             let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-            let delivered = self.transport.send(msg);
-            if !delivered {
+            let queued = self.transport.send(msg);
+            if !queued {
                 self.raw.report_unreachable(to);
+                if is_snapshot {
+                    self.raw.report_snapshot(to, SnapshotStatus::Failure);
+                }
             }
-            if is_snapshot {
-                let status = if delivered {
-                    SnapshotStatus::Finish
-                } else {
-                    SnapshotStatus::Failure
-                };
-                self.raw.report_snapshot(to, status);
-            }
+            // A queued snapshot is reported by the transport once sent.
         }
+    }
+
+    fn peer_addr(&self, id: u64) -> Option<String> {
+        self.shared
+            .peers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     fn publish_status(&self) {

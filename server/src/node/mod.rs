@@ -14,6 +14,7 @@ pub mod driver;
 pub mod logger;
 pub mod proposals;
 pub mod read_index;
+pub mod snapshots;
 pub mod status;
 pub mod storage;
 pub mod transport;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::state::{Command, StateMachine};
+use crate::state::{Command, MemberChange, StateMachine};
 pub use proposals::Applied;
 pub use status::{RaftStatus, Role};
 
@@ -47,6 +48,10 @@ pub enum NodeError {
     /// The storage failed; the member is stopping.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The cluster is not in a state that allows the request (a membership
+    /// change in flight, a learner not caught up).
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 /// A message to the driver thread.
@@ -65,6 +70,35 @@ pub enum DriverMsg {
     ReadIndex(oneshot::Sender<Result<u64, NodeError>>),
     /// The transport could not deliver to this peer.
     Unreachable(u64),
+    /// Propose a membership change (leader only); the waiter of `seq` gets
+    /// the answer, or the refusal.
+    ConfChange {
+        /// The change.
+        change: MemberChange,
+        /// Encoded envelope of `Command::MemberChange`, carried as the raft
+        /// entry's context.
+        context: Vec<u8>,
+        /// Sequence number of the waiter.
+        seq: u64,
+    },
+    /// Hand leadership to `target` (leader only).
+    TransferLeader {
+        /// The new leader.
+        target: u64,
+        /// Whether the transfer started.
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// A snapshot's data was written; record it and compact the log.
+    SnapshotWritten(raft::eraftpb::SnapshotMetadata),
+    /// The transport finished sending a snapshot to `to`.
+    SnapshotSent {
+        /// The peer.
+        to: u64,
+        /// Whether the peer received all of it.
+        ok: bool,
+    },
+    /// A peer says this member was removed from the cluster.
+    Removed(String),
     /// Stop after persisting what is in flight.
     Shutdown,
 }
@@ -87,10 +121,32 @@ pub struct Shared {
     pub status: RaftStatus,
     /// Acquirers waiting for their lock place to be granted or to end.
     pub lock_waits: waits::LockWaits,
-    /// Peer addresses (id → host:port), this member included.
+    /// Peer addresses (id → host:port), this member included: the member
+    /// table's, overlaid with `peer_overrides`.
     pub peers: std::sync::RwLock<std::collections::BTreeMap<u64, String>>,
+    /// Addresses this member uses for some peers whatever the member table
+    /// says (from `--initial-cluster`: a member may reach a peer through
+    /// its own route, a proxy say).
+    pub peer_overrides: std::collections::BTreeMap<u64, String>,
     /// The history window and watchers; the apply loop appends to it.
     pub watch: crate::watch::WatchHub,
+}
+
+impl Shared {
+    /// Sets the peer addresses from the member table.
+    pub(crate) fn set_peers(&self, members: &crate::state::MemberTable) {
+        let peers = members
+            .iter()
+            .filter_map(|m| {
+                let addr = self.peer_overrides.get(&m.id).unwrap_or(&m.peer_addr);
+                (!addr.is_empty()).then(|| (m.id, addr.clone()))
+            })
+            .collect();
+        *self
+            .peers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = peers;
+    }
 }
 
 /// The handle to a running member's replicated core. Cheap to clone.
@@ -180,6 +236,46 @@ impl Node {
         }
     }
 
+    /// Proposes a membership change (this member must lead) and waits until
+    /// it is applied here.
+    pub async fn propose_member_change(
+        &self,
+        change: MemberChange,
+        deadline: Instant,
+    ) -> Result<Applied, NodeError> {
+        let (context, seq, rx) = self
+            .shared
+            .proposals
+            .register(Command::MemberChange(change.clone()));
+        if let Err(err) = self.send(DriverMsg::ConfChange {
+            change,
+            context,
+            seq,
+        }) {
+            self.shared.proposals.forget(seq);
+            return Err(err);
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Unavailable("member is shutting down".into())),
+            Err(_) => {
+                self.shared.proposals.forget(seq);
+                Err(self.timeout_error(
+                    "the membership change was not applied before the deadline; its outcome is \
+                     unknown (check `fencectl member list`)",
+                ))
+            }
+        }
+    }
+
+    /// Asks the driver (which must lead) to hand leadership to `target`.
+    pub async fn transfer_leader(&self, target: u64) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(DriverMsg::TransferLeader { target, reply })?;
+        rx.await
+            .map_err(|_| NodeError::Unavailable("member is shutting down".into()))?
+    }
+
     /// Waits until this member has applied everything committed before the
     /// call (ReadIndex), so a read after it is linearizable. Retries the
     /// ReadIndex round (raft-rs drops it silently while there is no leader, or
@@ -246,4 +342,4 @@ impl Node {
     }
 }
 
-pub use bootstrap::start;
+pub use bootstrap::{open, start};

@@ -68,6 +68,7 @@ pub struct RaftStatus {
     commit: AtomicU64,
     first_index: AtomicU64,
     last_index: AtomicU64,
+    snapshot_index: AtomicU64,
     election_timeout_ms: u64,
     leadership: watch::Sender<Leadership>,
 }
@@ -82,6 +83,7 @@ impl RaftStatus {
             commit: AtomicU64::new(0),
             first_index: AtomicU64::new(0),
             last_index: AtomicU64::new(0),
+            snapshot_index: AtomicU64::new(0),
             election_timeout_ms: election_timeout.as_millis() as u64,
             leadership: watch::Sender::new(Leadership::default()),
         }
@@ -110,6 +112,13 @@ impl RaftStatus {
     /// Last index in the log.
     pub fn last_index(&self) -> u64 {
         self.last_index.load(Ordering::Acquire)
+    }
+    /// Index of the latest snapshot in storage (0: none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index.load(Ordering::Acquire)
+    }
+    pub(crate) fn set_snapshot_index(&self, index: u64) {
+        self.snapshot_index.store(index, Ordering::Release);
     }
     /// Election timeout.
     pub fn election_timeout(&self) -> Duration {

@@ -5,8 +5,12 @@
 //! * keyspace `raft_log`: key = entry index as 8-byte big-endian, value = protobuf `Entry`.
 //!   The keys present are always exactly `first_index..=last_index`.
 //! * keyspace `raft_state`: `hard_state`, `conf_state`, `truncated` (index and term of the
-//!   entry just before the first one kept, 16 bytes big-endian), `snapshot_meta` and
-//!   `snapshot` (the most recent snapshot, metadata kept apart so opening stays cheap).
+//!   entry just before the first one kept, 16 bytes big-endian) and `snapshot_meta` (the
+//!   metadata of the most recent snapshot).
+//! * keyspace `snapshots`: key = snapshot index as 8-byte big-endian, value = the snapshot's
+//!   data (the encoded state machine). Only the blob named by `snapshot_meta` counts; a blob
+//!   written ahead of its metadata (a local snapshot is written off the raft thread, then
+//!   recorded) and orphaned by a crash is removed on open.
 //!
 //! Every mutation is one fjall write batch committed with [`PersistMode::SyncAll`], so after a
 //! crash at any point the store is either before or after that mutation. On open the log bounds
@@ -28,12 +32,12 @@ use raft::{GetEntriesContext, NO_LIMIT, RaftState};
 
 const LOG_KEYSPACE: &str = "raft_log";
 const STATE_KEYSPACE: &str = "raft_state";
+const SNAPSHOT_KEYSPACE: &str = "snapshots";
 
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_TRUNCATED: &[u8] = b"truncated";
 const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
 /// Default bound on the number of cached log entries.
 const CACHE_MAX_ENTRIES: usize = 4096;
@@ -344,12 +348,36 @@ fn commit_synced(batch: OwnedWriteBatch) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Writes snapshot data off the raft thread. Cheap to clone.
+#[derive(Clone)]
+pub struct SnapshotWriter {
+    db: Database,
+    snapshots: Keyspace,
+}
+
+impl fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotWriter").finish_non_exhaustive()
+    }
+}
+
+impl SnapshotWriter {
+    /// Writes the data of a snapshot at `index`, fsynced. It counts only once
+    /// [`FjallStorage::record_snapshot`] records its metadata.
+    pub fn write(&self, index: u64, data: &[u8]) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        batch.insert(&self.snapshots, log_key(index), data);
+        commit_synced(batch)
+    }
+}
+
 /// `raft::Storage` over a fjall database. See the module docs for the layout.
 pub struct FjallStorage {
     dir: PathBuf,
     db: Database,
     log: Keyspace,
     state: Keyspace,
+    snapshots: Keyspace,
     hard_state: HardState,
     conf_state: ConfState,
     /// Index and term of the entry just before the first one kept (0, 0 when nothing was
@@ -395,6 +423,7 @@ impl FjallStorage {
         let db = Database::builder(dir).open()?;
         let log = db.keyspace(LOG_KEYSPACE, KeyspaceCreateOptions::default)?;
         let state = db.keyspace(STATE_KEYSPACE, KeyspaceCreateOptions::default)?;
+        let snapshots = db.keyspace(SNAPSHOT_KEYSPACE, KeyspaceCreateOptions::default)?;
 
         let hard_state = state
             .get(KEY_HARD_STATE)?
@@ -448,12 +477,35 @@ impl FjallStorage {
                 meta.index
             )));
         }
+        let current_blob = snapshot_meta.as_ref().map(|m| log_key(m.index));
+        if let Some(key) = &current_blob
+            && !snapshots.contains_key(key)?
+        {
+            return Err(StorageError::Corrupt(format!(
+                "snapshot metadata at index {} without its data",
+                snapshot_meta.as_ref().map_or(0, |m| m.index)
+            )));
+        }
+        let mut orphans = db.batch();
+        let mut orphaned = 0;
+        for guard in snapshots.iter() {
+            let key = guard.key()?;
+            if current_blob.as_ref().is_none_or(|k| k[..] != key[..]) {
+                orphans.remove(&snapshots, key.to_vec());
+                orphaned += 1;
+            }
+        }
+        if orphaned > 0 {
+            tracing::info!(orphaned, "removing snapshot data that was never recorded");
+            commit_synced(orphans)?;
+        }
 
         let mut storage = Self {
             dir: dir.to_path_buf(),
             db,
             log,
             state,
+            snapshots,
             hard_state,
             conf_state: conf_state.unwrap_or_default(),
             truncated_index,
@@ -695,6 +747,62 @@ impl FjallStorage {
     /// the log.
     pub fn store_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
         let meta = snapshot.get_metadata();
+        self.check_local_snapshot(meta)?;
+        let mut batch = self.db.batch();
+        batch.insert(&self.snapshots, log_key(meta.index), snapshot.get_data());
+        self.record_in(&mut batch, meta)?;
+        commit_synced(batch)?;
+        self.snapshot_meta = Some(meta.clone());
+        self.initialized = true;
+        Ok(())
+    }
+
+    /// A handle that writes snapshot data from another thread, ahead of
+    /// [`FjallStorage::record_snapshot`].
+    pub fn snapshot_writer(&self) -> SnapshotWriter {
+        SnapshotWriter {
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    /// Makes the snapshot whose data a [`SnapshotWriter`] wrote at `meta.index` the one
+    /// `snapshot()` returns, and drops the previous one's data. Same checks as
+    /// [`FjallStorage::store_snapshot`]; also errors if the data is missing.
+    pub fn record_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), StorageError> {
+        self.check_local_snapshot(meta)?;
+        if !self.snapshots.contains_key(log_key(meta.index))? {
+            return Err(StorageError::InvalidSnapshot(format!(
+                "no snapshot data was written at index {}",
+                meta.index
+            )));
+        }
+        let mut batch = self.db.batch();
+        self.record_in(&mut batch, meta)?;
+        commit_synced(batch)?;
+        self.snapshot_meta = Some(meta.clone());
+        self.initialized = true;
+        Ok(())
+    }
+
+    /// Adds the metadata of a new current snapshot to `batch`, and the removal of the
+    /// previous snapshot's data.
+    fn record_in(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        meta: &SnapshotMetadata,
+    ) -> Result<(), StorageError> {
+        batch.insert(&self.state, KEY_SNAPSHOT_META, encode(meta)?);
+        if let Some(previous) = &self.snapshot_meta
+            && previous.index != meta.index
+        {
+            batch.remove(&self.snapshots, log_key(previous.index).to_vec());
+        }
+        Ok(())
+    }
+
+    /// The checks of a locally produced snapshot against the log.
+    fn check_local_snapshot(&self, meta: &SnapshotMetadata) -> Result<(), StorageError> {
         let index = meta.index;
         let older_than_stored = self.snapshot_meta.as_ref().is_some_and(|m| index < m.index);
         if older_than_stored || index < self.truncated_index {
@@ -720,12 +828,6 @@ impl FjallStorage {
                 meta.term
             )));
         }
-        let mut batch = self.db.batch();
-        batch.insert(&self.state, KEY_SNAPSHOT_META, encode(meta)?);
-        batch.insert(&self.state, KEY_SNAPSHOT, encode(&snapshot)?);
-        commit_synced(batch)?;
-        self.snapshot_meta = Some(meta.clone());
-        self.initialized = true;
         Ok(())
     }
 
@@ -757,8 +859,8 @@ impl FjallStorage {
         );
         batch.insert(&self.state, KEY_HARD_STATE, encode(&hard_state)?);
         batch.insert(&self.state, KEY_CONF_STATE, encode(&conf_state)?);
-        batch.insert(&self.state, KEY_SNAPSHOT_META, encode(meta)?);
-        batch.insert(&self.state, KEY_SNAPSHOT, encode(&snapshot)?);
+        batch.insert(&self.snapshots, log_key(index), snapshot.get_data());
+        self.record_in(&mut batch, meta)?;
         commit_synced(batch)?;
 
         self.truncated_index = index;
@@ -786,6 +888,14 @@ impl FjallStorage {
     /// The persisted conf state.
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
+    }
+
+    /// The data of the snapshot at `index`.
+    pub fn snapshot_data(&self, index: u64) -> Result<Vec<u8>, StorageError> {
+        let data = self.snapshots.get(log_key(index))?.ok_or_else(|| {
+            StorageError::Corrupt(format!("snapshot data at index {index} is missing"))
+        })?;
+        Ok(data.to_vec())
     }
 
     /// Metadata of the stored snapshot, if any.
@@ -919,12 +1029,16 @@ impl raft::Storage for FjallStorage {
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let v = self
-            .state
-            .get(KEY_SNAPSHOT)
-            .map_err(StorageError::from)?
-            .ok_or_else(|| StorageError::Corrupt("snapshot metadata without data".into()))?;
-        Ok(Snapshot::parse_from_bytes(&v).map_err(StorageError::from)?)
+        let Some(meta) = &self.snapshot_meta else {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        };
+        let data = self.snapshot_data(meta.index)?;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(meta.clone());
+        snapshot.set_data(data.into());
+        Ok(snapshot)
     }
 }
 

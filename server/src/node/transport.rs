@@ -6,13 +6,18 @@
 //! message and the driver reports the peer unreachable, so a dead peer never
 //! blocks the driver. Each peer's task drains its queue into batches, and on
 //! any stream failure reconnects with exponential backoff.
+//!
+//! A snapshot message goes on its own call (`Peer.Snapshot`), its data cut
+//! into chunks, so no message-size limit applies; the driver hears how it
+//! went (`DriverMsg::SnapshotSent`) and tells raft. A peer that answers
+//! PERMISSION_DENIED says this member was removed from the cluster.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use fenced_proto::pb::{RaftBatch, peer_client::PeerClient};
-use raft::eraftpb::Message;
+use fenced_proto::pb::{RaftBatch, SnapshotChunk, peer_client::PeerClient};
+use raft::eraftpb::{Message, MessageType};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,11 +35,20 @@ const SEND_STALL: Duration = Duration::from_secs(2);
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
 /// A stream that lived at least this long resets the reconnect backoff.
 const HEALTHY_STREAM: Duration = Duration::from_secs(1);
+/// Size of one piece of snapshot data on the wire.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 
 /// Outgoing side of the peer transport, owned by the driver.
 #[derive(Debug)]
 pub struct Transport {
-    peers: BTreeMap<u64, mpsc::Sender<Message>>,
+    ctx: TransportContext,
+    peers: BTreeMap<u64, Peer>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    addr: String,
+    queue: mpsc::Sender<Message>,
 }
 
 /// What every peer task needs to know about this member.
@@ -54,28 +68,103 @@ impl Transport {
     /// Starts one sender task per peer (`peers` excludes this member).
     pub fn start(ctx: TransportContext, peers: &BTreeMap<u64, String>) -> Self {
         let mut transport = Transport {
+            ctx,
             peers: BTreeMap::new(),
         };
         for (id, addr) in peers {
-            transport.add_peer(&ctx, *id, addr.clone());
+            transport.set_peer(*id, addr.clone());
         }
         transport
     }
 
-    /// Starts the sender task of one peer.
-    pub fn add_peer(&mut self, ctx: &TransportContext, id: u64, addr: String) {
+    /// Starts the sender task of peer `id` at `addr` (replacing one to
+    /// another address).
+    pub fn set_peer(&mut self, id: u64, addr: String) {
+        if id == self.ctx.from || self.peers.get(&id).is_some_and(|p| p.addr == addr) {
+            return;
+        }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        ctx.runtime.spawn(peer_loop(ctx.clone(), id, addr, rx));
-        self.peers.insert(id, tx);
+        self.ctx
+            .runtime
+            .spawn(peer_loop(self.ctx.clone(), id, addr.clone(), rx));
+        self.peers.insert(id, Peer { addr, queue: tx });
     }
 
-    /// Queues `msg` for its peer; false when it could not be queued.
-    pub fn send(&mut self, msg: Message) -> bool {
-        match self.peers.get(&msg.to) {
-            Some(queue) => queue.try_send(msg).is_ok(),
-            None => false,
-        }
+    /// Stops sending to `id` (its task ends with its queue).
+    pub fn remove_peer(&mut self, id: u64) {
+        self.peers.remove(&id);
     }
+
+    /// Whether `id` has a sender task.
+    pub fn has_peer(&self, id: u64) -> bool {
+        self.peers.contains_key(&id)
+    }
+
+    /// Queues `msg` for its peer; false when it could not be queued. A
+    /// snapshot goes out on its own call.
+    pub fn send(&mut self, msg: Message) -> bool {
+        let Some(peer) = self.peers.get(&msg.to) else {
+            return false;
+        };
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            self.ctx
+                .runtime
+                .spawn(send_snapshot(self.ctx.clone(), peer.addr.clone(), msg));
+            return true;
+        }
+        peer.queue.try_send(msg).is_ok()
+    }
+}
+
+/// Sends one snapshot message in chunks and reports the outcome.
+async fn send_snapshot(ctx: TransportContext, addr: String, mut msg: Message) {
+    let to = msg.to;
+    let data = msg.mut_snapshot().take_data();
+    let index = msg.get_snapshot().get_metadata().index;
+    let started = tokio::time::Instant::now();
+    let total = data.len();
+    let result = async {
+        let channel = connect(&format!("http://{addr}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = PeerClient::new(channel);
+        let header = encode(&msg);
+        let mut chunks = Vec::with_capacity(total / SNAPSHOT_CHUNK + 1);
+        let mut pieces = data.chunks(SNAPSHOT_CHUNK);
+        chunks.push(SnapshotChunk {
+            from: ctx.from,
+            cluster_id: ctx.cluster_id,
+            message: header,
+            total_bytes: total as u64,
+            data: pieces.next().map(<[u8]>::to_vec).unwrap_or_default(),
+        });
+        chunks.extend(pieces.map(|piece| SnapshotChunk {
+            data: piece.to_vec(),
+            ..Default::default()
+        }));
+        client
+            .snapshot(tokio_stream::iter(chunks))
+            .await
+            .map_err(|status| status.to_string())
+    }
+    .await;
+    let ok = match result {
+        Ok(_) => {
+            tracing::info!(
+                peer = to,
+                index,
+                bytes = total,
+                ms = started.elapsed().as_millis() as u64,
+                "sent a snapshot"
+            );
+            true
+        }
+        Err(why) => {
+            tracing::warn!(peer = to, index, %why, "could not send a snapshot");
+            false
+        }
+    };
+    let _ = ctx.inbox.send(DriverMsg::SnapshotSent { to, ok });
 }
 
 async fn peer_loop(ctx: TransportContext, id: u64, addr: String, mut rx: mpsc::Receiver<Message>) {
@@ -89,6 +178,10 @@ async fn peer_loop(ctx: TransportContext, id: u64, addr: String, mut rx: mpsc::R
                 let outcome = stream_batches(&ctx, channel, &mut rx).await;
                 match outcome {
                     StreamEnd::QueueClosed => return,
+                    StreamEnd::Removed(why) => {
+                        let _ = ctx.inbox.send(DriverMsg::Removed(why));
+                        return;
+                    }
                     StreamEnd::Failed(why) => {
                         tracing::debug!(peer = id, %addr, %why, "peer stream ended");
                     }
@@ -124,6 +217,8 @@ async fn connect(url: &str) -> Result<tonic::transport::Channel, tonic::transpor
 enum StreamEnd {
     QueueClosed,
     Failed(String),
+    /// The peer says this member is no longer in the cluster.
+    Removed(String),
 }
 
 async fn stream_batches(
@@ -157,11 +252,14 @@ async fn stream_batches(
                 continue;
             }
             result = &mut call => {
-                break StreamEnd::Failed(match result {
-                    Ok(Ok(_)) => "peer closed the stream".to_string(),
-                    Ok(Err(status)) => status.to_string(),
-                    Err(join) => join.to_string(),
-                });
+                break match result {
+                    Ok(Ok(_)) => StreamEnd::Failed("peer closed the stream".to_string()),
+                    Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
+                        StreamEnd::Removed(status.message().to_string())
+                    }
+                    Ok(Err(status)) => StreamEnd::Failed(status.to_string()),
+                    Err(join) => StreamEnd::Failed(join.to_string()),
+                };
             }
         };
         let Some(first) = first else {

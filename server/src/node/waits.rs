@@ -71,6 +71,26 @@ impl LockWaits {
     }
 }
 
+impl LockWaits {
+    /// Wakes every waiter with a notice older than any acquire, so each
+    /// looks at the state again (it was replaced by a snapshot's).
+    pub fn wake_all(&self) {
+        let places: Vec<Place> = self.waiters.iter().map(|e| e.key().clone()).collect();
+        for place in places {
+            if let Some(((name, lease), waiters)) = self.waiters.remove(&place) {
+                let change = LockChange::Left {
+                    name,
+                    lease,
+                    reason: crate::state::LeaveReason::Cancelled,
+                };
+                for (_, tx) in waiters {
+                    let _ = tx.send((0, change.clone()));
+                }
+            }
+        }
+    }
+}
+
 impl Drop for LockWait<'_> {
     fn drop(&mut self) {
         if let dashmap::Entry::Occupied(mut entry) = self.waits.waiters.entry(self.place.clone()) {

@@ -72,14 +72,16 @@ pub struct MemberTable {
 }
 
 impl MemberTable {
-    /// The initial voters, with their peer addresses.
-    pub fn bootstrap<'a>(peers: impl IntoIterator<Item = (u64, &'a str)>) -> Self {
-        let members = peers
+    /// The initial voters. Their addresses are unknown until each publishes
+    /// them: members of one cluster may reach each other through different
+    /// addresses (proxies), and the bootstrap state must be the same on all.
+    pub fn bootstrap(ids: impl IntoIterator<Item = u64>) -> Self {
+        let members = ids
             .into_iter()
-            .map(|(id, addr)| {
+            .map(|id| {
                 let member = Member {
                     id,
-                    peer_addr: addr.to_string(),
+                    peer_addr: String::new(),
                     client_addr: String::new(),
                     learner: false,
                 };
@@ -150,11 +152,12 @@ impl MemberTable {
         }
     }
 
-    /// Records the client address a member published; false when the member
-    /// is unknown (removed meanwhile) or the address is unchanged.
-    pub(super) fn publish(&mut self, id: u64, client_addr: &str) -> bool {
+    /// Records the addresses a member published; false when the member is
+    /// unknown (removed meanwhile) or nothing changed.
+    pub(super) fn publish(&mut self, id: u64, peer_addr: &str, client_addr: &str) -> bool {
         match self.members.get_mut(&id) {
-            Some(member) if member.client_addr != client_addr => {
+            Some(member) if member.client_addr != client_addr || member.peer_addr != peer_addr => {
+                member.peer_addr = peer_addr.to_string();
                 member.client_addr = client_addr.to_string();
                 true
             }

@@ -144,10 +144,12 @@ pub enum Command {
     /// A configuration change raft accepted (carried in the context of a
     /// raft configuration-change entry, never in a normal entry).
     MemberChange(MemberChange),
-    /// A member tells the cluster its client address.
+    /// A member tells the cluster the addresses it listens on.
     MemberPublish {
         /// The member.
         id: u64,
+        /// Its peer address.
+        peer_addr: String,
         /// Its client address.
         client_addr: String,
     },
@@ -732,8 +734,12 @@ impl StateMachine {
                 self.members.apply(change);
                 Response::Members
             }
-            Command::MemberPublish { id, client_addr } => {
-                self.members.publish(*id, client_addr);
+            Command::MemberPublish {
+                id,
+                peer_addr,
+                client_addr,
+            } => {
+                self.members.publish(*id, peer_addr, client_addr);
                 Response::Members
             }
             Command::ElectionResign { name, token, lease } => {

@@ -99,6 +99,8 @@ pub(super) struct Fanout {
     unsynced: HashSet<u64>,
     /// The last revision sent to the synced group.
     dispatched: i64,
+    /// The history's reset count as of the last round.
+    epoch: u64,
     last_progress: Instant,
 }
 
@@ -114,6 +116,7 @@ impl Fanout {
             prefixes: BTreeMap::new(),
             unsynced: HashSet::new(),
             dispatched: 0,
+            epoch: 0,
             last_progress: Instant::now(),
         }
     }
@@ -325,6 +328,16 @@ impl Fanout {
     fn round(&mut self) {
         let window = self.snapshot();
         let head = window.head;
+        if window.epoch != self.epoch {
+            // The state jumped to a snapshot: no watch here can continue
+            // without a gap.
+            self.epoch = window.epoch;
+            let all: Vec<u64> = self.watchers.keys().copied().collect();
+            for id in all {
+                self.end(id, Ended::Reset);
+            }
+            self.dispatched = window.oldest - 1;
+        }
         if self.dispatched + 1 < window.oldest {
             // Revisions left the history before the synced group got them
             // (a burst larger than the window between two rounds): every
@@ -368,6 +381,7 @@ impl Fanout {
         let history = self.read_history();
         let head = history.head();
         let oldest = history.oldest();
+        let epoch = history.epoch();
         let copy = |from: i64, to: i64| -> (i64, Vec<Revision>) {
             let from = from.max(oldest);
             let revisions = (from..=to)
@@ -387,6 +401,7 @@ impl Fanout {
         Window {
             head,
             oldest,
+            epoch,
             ranges: [Some(new), past].into_iter().flatten().collect(),
         }
     }
@@ -598,6 +613,7 @@ impl Fanout {
 struct Window {
     head: i64,
     oldest: i64,
+    epoch: u64,
     /// (revision of the first, revisions).
     ranges: Vec<(i64, Vec<Revision>)>,
 }

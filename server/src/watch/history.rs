@@ -25,6 +25,8 @@ pub struct History {
     bytes: usize,
     /// The newest revision appended; 0 before any.
     head: i64,
+    /// Counts resets, so the fan-out thread notices one.
+    epoch: u64,
 }
 
 impl History {
@@ -37,7 +39,22 @@ impl History {
             max_bytes,
             bytes: 0,
             head: 0,
+            epoch: 0,
         }
+    }
+
+    /// Forgets every revision and makes `revision` the head: the state jumped
+    /// there (a snapshot), and nothing before it can be watched.
+    pub fn reset(&mut self, revision: i64) {
+        self.revisions.clear();
+        self.bytes = 0;
+        self.head = revision;
+        self.epoch += 1;
+    }
+
+    /// How many resets happened.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Appends the events of `revision`, forgetting the oldest revisions

@@ -149,6 +149,9 @@ pub enum Ended {
         /// The oldest revision that can still be watched from.
         oldest: i64,
     },
+    /// The member replaced its state with a snapshot and skipped revisions:
+    /// resume on another member.
+    Reset,
 }
 
 /// A watch the hub ended, sent on the stream's control channel, which
@@ -205,6 +208,17 @@ impl WatchHub {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .append(revision, events);
+    }
+
+    /// Makes `revision` the head of an empty history: the state was replaced
+    /// by a snapshot's. Every watch open on this member ends (resume
+    /// elsewhere). Called by the apply loop only.
+    pub fn reset(&self, revision: i64) {
+        self.history
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .reset(revision);
+        self.send(HubMsg::Applied);
     }
 
     /// Tells the fan-out thread that revisions were appended.

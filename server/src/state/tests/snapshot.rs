@@ -8,10 +8,7 @@ use crate::state::{MemberChange, MemberTable};
 /// A state with a bit of everything: keys, leases with attached keys, a
 /// lock with a holder and a waiter, members.
 fn busy_state() -> StateMachine {
-    let mut state = StateMachine::bootstrap(MemberTable::bootstrap([
-        (1, "127.0.0.1:7380"),
-        (2, "127.0.0.1:7381"),
-    ]));
+    let mut state = StateMachine::bootstrap(MemberTable::bootstrap([1, 2]));
     let commands = [
         Command::Put(put_req("a", "1")),
         Command::LeaseGrant { id: 0, ttl: 10 },
@@ -40,6 +37,7 @@ fn busy_state() -> StateMachine {
         }),
         Command::MemberPublish {
             id: 3,
+            peer_addr: "127.0.0.1:7392".into(),
             client_addr: "127.0.0.1:7383".into(),
         },
         Command::MemberChange(MemberChange::Remove { id: 2 }),
@@ -67,9 +65,10 @@ fn round_trip_keeps_everything() {
         .collect();
     assert_eq!(members, vec![(1, false), (3, true)]);
     assert!(restored.members().was_removed(2));
+    let third = restored.members().get(3).expect("member 3");
     assert_eq!(
-        restored.members().get(3).map(|m| m.client_addr.as_str()),
-        Some("127.0.0.1:7383")
+        (third.peer_addr.as_str(), third.client_addr.as_str()),
+        ("127.0.0.1:7392", "127.0.0.1:7383")
     );
 }
 
