@@ -6,14 +6,18 @@
 # First the memory held by 10,000 idle watchers (watch-hold), once on each
 # member of each system (etcd member 1, fenced member 1, etcd member 2, ...),
 # sampling the member's RSS before and while they are open. Then ROUNDS
-# rounds of every other workload (put, lock acquire+release cycles,
-# watch-latency at 1, 100 and 1,000 watchers, election-failover), each run
-# alternately on etcd then fenced. The report has min/median/max over the
-# runs and the ratios.
+# rounds of every other workload (put, range linearizable and serializable,
+# lock acquire+release cycles, lease keepalives, watch-latency at 1, 100 and
+# 1,000 watchers, election-failover, member-failover), each run alternately
+# on etcd then fenced. member-failover SIGKILLs the leading member; the
+# script starts it again (same data dir and flags) and waits until it is
+# healthy before the next run. The report has min/median/max over the runs
+# and the ratios.
 #
-#   tests/bench/compare.sh            # full: about 10 minutes of runs; writes docs/benchmarks.md
-#   tests/bench/compare.sh --quick    # short runs, about 2.5 minutes: a smoke test of the
-#                                     # whole pipeline; writes $TARGET_DIR/benchmarks-quick.md
+#   tests/bench/compare.sh            # full: about 20 minutes of runs; writes docs/benchmarks.md
+#   tests/bench/compare.sh --quick    # 2 rounds of short runs of one variant of every
+#                                     # workload, under 3 minutes: a smoke test of the whole
+#                                     # pipeline; writes $TARGET_DIR/benchmarks-quick.md
 #
 # Both first build the release binaries (minutes when the sources changed).
 #
@@ -24,19 +28,28 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-ROUNDS=3
 QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
 if ((QUICK)); then
-  DURATION=2        # seconds per put / lock run
+  ROUNDS=2          # rounds of every workload (etcd, fenced, etcd, fenced)
+  DURATION=1        # seconds per put / range / lock / lease-keepalive run
   WATCH_DURATION=2  # seconds per watch-latency run
   FAILOVERS=1       # failovers per election-failover run
-  HOLD=3            # seconds the 10,000 watchers are held
+  HOLD=2            # seconds the 10,000 watchers are held
+  HOLD_MEMBERS="1"  # members whose memory is sampled
+  MF_KILLS=1        # member-failover runs (one kill each) per round and system
+  MF_KILL_AFTER=1   # seconds of lock cycles before the kill
+  MF_AFTER=0.5      # seconds of lock cycles after every client acquired again
 else
+  ROUNDS=3
   DURATION=10
   WATCH_DURATION=10
   FAILOVERS=5
   HOLD=5
+  HOLD_MEMBERS="1 2 3"
+  MF_KILLS=2
+  MF_KILL_AFTER=3
+  MF_AFTER=2
 fi
 WATCH_RATE=100      # puts/s of the watch-latency writer (open loop)
 HOLD_WATCHERS=10000
@@ -62,11 +75,21 @@ BENCH=$TARGET_DIR/release/fenced-bench
 if ((QUICK)); then OUT=$TARGET_DIR/benchmarks-quick.md; else OUT=docs/benchmarks.md; fi
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/fenced-compare.XXXXXX")
-PIDS=()
+# The current process of each member (member i at index i-1). A member that
+# member-failover killed is started again and its entry replaced. Members are
+# disowned, so bash does not report the killed ones; cleanup waits for them
+# by polling.
 ETCD_PIDS=()
 FENCED_PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  local p alive
+  for p in "${ETCD_PIDS[@]}" "${FENCED_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    alive=0
+    for p in "${ETCD_PIDS[@]}" "${FENCED_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -77,24 +100,54 @@ trap cleanup EXIT
 # connection can hold one of them when a member starts).
 ETCD_CLUSTER="e1=http://127.0.0.1:32380,e2=http://127.0.0.1:32382,e3=http://127.0.0.1:32384"
 ETCD_EPS="127.0.0.1:32379,127.0.0.1:32381,127.0.0.1:32383"
-for i in 1 2 3; do
+FENCED_CLUSTER="1=127.0.0.1:31380,2=127.0.0.1:31382,3=127.0.0.1:31384"
+FENCED_EPS="127.0.0.1:31379,127.0.0.1:31381,127.0.0.1:31383"
+# Starts etcd member $1 (1..3); on a restart it resumes from its data dir
+# (etcd ignores --initial-cluster-state once the data dir exists).
+start_etcd() {
+  local i=$1 c p
   c=$((32379 + (i - 1) * 2)); p=$((c + 1))
   etcd --name "e$i" --data-dir "$WORK/etcd$i" \
     --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
     --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
     --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new \
     --heartbeat-interval 100 --election-timeout 1000 \
-    >"$WORK/etcd$i.log" 2>&1 &
-  PIDS+=($!); ETCD_PIDS+=($!)
-done
-FENCED_CLUSTER="1=127.0.0.1:31380,2=127.0.0.1:31382,3=127.0.0.1:31384"
-FENCED_EPS="127.0.0.1:31379,127.0.0.1:31381,127.0.0.1:31383"
-for i in 1 2 3; do
+    >>"$WORK/etcd$i.log" 2>&1 &
+  ETCD_PIDS[$((i - 1))]=$!
+  disown $!
+}
+# Starts fenced member $1 (1..3); on a restart it resumes from its data dir.
+start_fenced() {
+  local i=$1 c p
   c=$((31379 + (i - 1) * 2)); p=$((c + 1))
   "$FENCED" --id "$i" --data-dir "$WORK/fenced$i" --listen "127.0.0.1:$c" --peer-listen "127.0.0.1:$p" \
-    --initial-cluster "$FENCED_CLUSTER" --log warn >"$WORK/fenced$i.log" 2>&1 &
-  PIDS+=($!); FENCED_PIDS+=($!)
-done
+    --initial-cluster "$FENCED_CLUSTER" --log warn >>"$WORK/fenced$i.log" 2>&1 &
+  FENCED_PIDS[$((i - 1))]=$!
+  disown $!
+}
+for i in 1 2 3; do start_etcd "$i"; start_fenced "$i"; done
+
+# Whether member $2 of system $1 answers its health check (etcd: a quorum
+# read through it; fenced: /health, which needs a known leader).
+member_healthy() { # etcd|fenced i
+  if [[ $1 == etcd ]]; then
+    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$((32379 + ($2 - 1) * 2))" endpoint health >/dev/null 2>&1
+  else
+    curl -sf "http://127.0.0.1:$((31379 + ($2 - 1) * 2))/health" >/dev/null
+  fi
+}
+# Starts member $2 of system $1 again after member-failover killed it and
+# waits until it is healthy, then a second more so it has caught up.
+restart_member() { # etcd|fenced i
+  local kind=$1 i=$2 old
+  if [[ $kind == etcd ]]; then old=${ETCD_PIDS[$((i - 1))]}; else old=${FENCED_PIDS[$((i - 1))]}; fi
+  # The kill has been sent; wait until the process is gone so its ports are free.
+  for _ in $(seq 1 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+  if [[ $kind == etcd ]]; then start_etcd "$i"; else start_fenced "$i"; fi
+  for _ in $(seq 1 150); do member_healthy "$kind" "$i" && break; sleep 0.2; done
+  member_healthy "$kind" "$i" || { echo "$kind member $i is not healthy after its restart:" >&2; tail -5 "$WORK/$kind$i.log" >&2; exit 1; }
+  sleep 1
+}
 
 echo "waiting for both clusters to elect a leader (${SECONDS}s since the start)"
 for _ in $(seq 1 100); do
@@ -137,16 +190,27 @@ for kv in sys.argv[3:]:
 print(json.dumps(d))" "$@" >>"$RESULTS"
 }
 
+LAST_LINE=
 run() { # target endpoints label args...
   local target=$1 eps=$2 label=$3; shift 3
-  local line
   case " $* " in
-    *" --total "* | *" --duration "*) ;;
+    *" --total "* | *" --duration "* | *" member-failover "*) ;;
     *) set -- "$@" --duration "$DURATION" ;;
   esac
-  line=$("$BENCH" --target "$target" --endpoints "$eps" -o json "$@")
-  echo "  $target $label: $line"
-  record "$line" "$label"
+  LAST_LINE=$("$BENCH" --target "$target" --endpoints "$eps" -o json "$@")
+  echo "  $target $label: $LAST_LINE"
+  record "$LAST_LINE" "$label"
+}
+
+# member-failover on one system: the bench kills the leader (pids passed in
+# endpoint order), then the killed member is started again.
+member_failover() { # target label args...
+  local target=$1 label=$2 eps pids killed; shift 2
+  if [[ $target == etcd ]]; then eps=$ETCD_EPS; pids=$(IFS=,; echo "${ETCD_PIDS[*]}")
+  else eps=$FENCED_EPS; pids=$(IFS=,; echo "${FENCED_PIDS[*]}"); fi
+  run "$target" "$eps" "$label" "$@" --pids "$pids"
+  killed=$(python3 -c "import json, sys; print(json.loads(sys.argv[1])['killed_member'])" "$LAST_LINE")
+  restart_member "$target" "$killed"
 }
 
 # The endpoint list of one system with a follower first. The watch
@@ -203,28 +267,48 @@ hold() { # target endpoint member-pid member-number
 }
 
 echo "memory: $HOLD_WATCHERS idle watchers on each member, RSS before and during (${SECONDS}s since the start)"
-for i in 1 2 3; do
+for i in $HOLD_MEMBERS; do
   hold etcd "$(echo "$ETCD_EPS" | cut -d, -f"$i")" "${ETCD_PIDS[$((i - 1))]}" "$i"
   hold fenced "$(echo "$FENCED_EPS" | cut -d, -f"$i")" "${FENCED_PIDS[$((i - 1))]}" "$i"
 done
 
-# label|arguments. lock-CxL: C clients cycling (acquire, release) over L locks.
-# watch-N: N watchers of one key on a follower, one writer at WATCH_RATE puts/s.
+# label|arguments|in --quick. lock-CxL: C clients cycling (acquire, release)
+# over L locks. range-N: N clients reading one key each time, linearizable;
+# range-ser-N the same, serializable. keepalive-N: N leases each kept alive
+# over a stream of its own, closed loop. watch-N: N watchers of one key on a
+# follower, one writer at WATCH_RATE puts/s. mfail-C: C clients on C locks
+# while the leading member is SIGKILLed (run MF_KILLS times a round).
 WORKLOADS=(
-  "put-1|put --clients 1"
-  "put-64|put --clients 64"
-  "lock-1x1|lock --clients 1 --locks 1"
-  "lock-16x16|lock --clients 16 --locks 16"
-  "lock-64x8|lock --clients 64 --locks 8"
-  "watch-1|watch-latency --watchers 1 --rate $WATCH_RATE --duration $WATCH_DURATION"
-  "watch-100|watch-latency --watchers 100 --rate $WATCH_RATE --duration $WATCH_DURATION"
-  "watch-1000|watch-latency --watchers 1000 --rate $WATCH_RATE --duration $WATCH_DURATION"
-  "failover-3|election-failover --candidates 3 --ttl $FAILOVER_TTL --total $FAILOVERS"
+  "put-1|put --clients 1|0"
+  "put-64|put --clients 64|1"
+  "range-1|range --clients 1|0"
+  "range-64|range --clients 64|1"
+  "range-ser-64|range --clients 64 --serializable|1"
+  "lock-1x1|lock --clients 1 --locks 1|1"
+  "lock-16x16|lock --clients 16 --locks 16|0"
+  "lock-64x8|lock --clients 64 --locks 8|1"
+  "keepalive-1|lease-keepalive --clients 1|0"
+  "keepalive-64|lease-keepalive --clients 64|1"
+  "watch-1|watch-latency --watchers 1 --rate $WATCH_RATE --duration $WATCH_DURATION|0"
+  "watch-100|watch-latency --watchers 100 --rate $WATCH_RATE --duration $WATCH_DURATION|0"
+  "watch-1000|watch-latency --watchers 1000 --rate $WATCH_RATE --duration $WATCH_DURATION|1"
+  "failover-3|election-failover --candidates 3 --ttl $FAILOVER_TTL --total $FAILOVERS|1"
+  "mfail-8|--clients 8 member-failover --kill-after $MF_KILL_AFTER --after $MF_AFTER|1"
 )
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS (${SECONDS}s since the start)"
   for w in "${WORKLOADS[@]}"; do
-    label=${w%%|*}; args=${w#*|}
+    label=${w%%|*}; rest=${w#*|}; args=${rest%|*}; in_quick=${rest##*|}
+    ((QUICK && !in_quick)) && continue
+    if [[ $label == mfail-* ]]; then
+      for _ in $(seq 1 "$MF_KILLS"); do
+        # shellcheck disable=SC2086
+        member_failover etcd "$label" $args
+        # shellcheck disable=SC2086
+        member_failover fenced "$label" $args
+      done
+      continue
+    fi
     etcd_eps=$ETCD_EPS; fenced_eps=$FENCED_EPS
     if [[ $label == watch-* ]]; then
       etcd_eps=$(follower_first etcd "$ETCD_EPS"); fenced_eps=$(follower_first fenced "$FENCED_EPS")
@@ -239,6 +323,7 @@ done
 python3 "$ROOT/tests/bench/report.py" "$RESULTS" "$OUT" \
   --rounds "$ROUNDS" --duration "$DURATION" --watch-duration "$WATCH_DURATION" \
   --watch-rate "$WATCH_RATE" --failovers "$FAILOVERS" --hold "$HOLD" --fsync-us "$FSYNC_US" \
+  --mf-kills "$MF_KILLS" --mf-kill-after "$MF_KILL_AFTER" --mf-after "$MF_AFTER" \
   --etcd-version "$(etcd --version | head -1)" --fenced-version "$("$FENCED" --version)" \
   --command "tests/bench/compare.sh ${1:-}"
 echo "wrote $OUT (${SECONDS}s since the start)"

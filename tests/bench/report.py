@@ -10,6 +10,8 @@ ap.add_argument("--fsync-us", type=int); ap.add_argument("--etcd-version")
 ap.add_argument("--fenced-version"); ap.add_argument("--command")
 ap.add_argument("--watch-duration", type=float); ap.add_argument("--watch-rate", type=float)
 ap.add_argument("--failovers", type=int); ap.add_argument("--hold", type=float)
+ap.add_argument("--mf-kills", type=int); ap.add_argument("--mf-kill-after", type=float)
+ap.add_argument("--mf-after", type=float)
 a = ap.parse_args()
 
 runs = defaultdict(list)
@@ -48,21 +50,31 @@ lines.append(f"- CPU: {cpu}, {cores} cores; kernel {platform.release()}")
 lines.append(f"- Disk fsync latency (4 KiB `dd oflag=dsync`, same filesystem as both data dirs): {a.fsync_us} µs")
 lines.append(f"- {a.etcd_version.strip()}, 3 members on loopback, `--heartbeat-interval 100 --election-timeout 1000`, fsync on (default)")
 lines.append(f"- {a.fenced_version.strip()}, 3 members on loopback, defaults (tick 10 ms, heartbeat 100 ms, election 1 s), fsync on")
-lines.append(f"- put and lock: {a.rounds} rounds of {a.duration:g} s per workload and system; closed loop; figures are median (min–max) over rounds")
+lines.append(f"- put, range, lock and lease-keepalive: {a.rounds} rounds of {a.duration:g} s per workload and system; closed loop; figures are median (min–max) over rounds")
 if a.watch_duration:
     lines.append(f"- watch-latency: {a.rounds} rounds of {a.watch_duration:g} s, writer open loop at {a.watch_rate:g} puts/s")
 if a.failovers:
     lines.append(f"- election-failover: {a.rounds} runs of {a.failovers} failover(s) each; figures over all failovers")
+if a.mf_kills:
+    lines.append(f"- member-failover: {a.rounds} rounds of {a.mf_kills} run(s) per system, one leader SIGKILLed per run "
+                 f"after {a.mf_kill_after:g} s of lock cycles; the killed member is restarted before the next run")
 if a.hold:
-    lines.append(f"- memory: 10,000 watchers held {a.hold:g} s on each member of each system, once")
+    members = sorted({r.get("member") for (l, _t), rs in runs.items() if l.startswith("watch-hold") for r in rs} - {None})
+    where = "on each member" if len(members) >= 3 else "on member " + ", ".join(map(str, members))
+    lines.append(f"- memory: 10,000 watchers held {a.hold:g} s {where} of each system, once")
 lines.append("")
 # One table per workload; (workload, heading, rate column, sentence under the heading).
 TABLES = [
     ("put", "Results: put", "ops/s", None),
+    ("range", "Results: range", "reads/s",
+     "Point reads of keys written before the run: `range-N` linearizable, `range-ser-N` serializable."),
     ("lock", "Results: lock", "cycles/s",
      "One operation is one acquire + release cycle; its latency is the whole cycle."),
+    ("lease-keepalive", "Results: lease keepalive", "keepalives/s",
+     "N leases, each kept alive over a keepalive stream of its own with one keepalive in flight;\n"
+     "the latency is one keepalive's round trip (sent → acknowledged with a positive TTL)."),
 ]
-SPECIAL = ("watch-latency", "watch-hold", "election-failover")
+SPECIAL = ("watch-latency", "watch-hold", "election-failover", "member-failover")
 for label in labels:
     if kind[label] not in [t[0] for t in TABLES] + list(SPECIAL):
         TABLES.append((kind[label], f"Results: {kind[label]}", "ops/s", None))
@@ -149,13 +161,41 @@ def failover_table():
             ratios.append((label, None, med["fenced"][0] / med["etcd"][0], med["fenced"][1] / med["etcd"][1]))
     lines.append("")
 
+def member_failover_table():
+    rows = [l for l in labels if kind[l] == "member-failover"]
+    if not rows: return
+    lines.append("## Results: member failover\n")
+    lines.append("C clients cycle (acquire, release) on C locks, one lock each, through clients that know every")
+    lines.append("endpoint; the leading member's process is SIGKILLed. *first acquire*: kill → the first successful")
+    lines.append("acquire issued after the kill, over all clients (the figure the target is about); *every client*:")
+    lines.append("kill → the last client's first such acquire. A value near 10,000 ms is the bench's 10 s call timeout")
+    lines.append("ending a call that got no answer. Errors are failed acquire / release calls, each retried after 10 ms.\n")
+    lines.append("| workload | system | kills | first acquire ms: min / median / max | every client ms: min / median / max | acquire errors | release errors | within 1,500 ms |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for label in rows:
+        med = {}
+        for target in ("etcd", "fenced"):
+            rs = runs.get((label, target), [])
+            if not rs: continue
+            first = sorted(r["failover_ms"] for r in rs); every = sorted(r["all_clients_ms"] for r in rs)
+            acq = sum(r.get("acquire_errors", 0) for r in rs); rel = sum(r.get("release_errors", 0) for r in rs)
+            within = sum(1 for x in first if x <= 1500)
+            med[target] = (statistics.median(first), statistics.median(every))
+            lines.append(f"| {label} | {target} | {len(rs)} | {first[0]:,.0f} / {statistics.median(first):,.0f} / {first[-1]:,.0f} | "
+                         f"{every[0]:,.0f} / {statistics.median(every):,.0f} / {every[-1]:,.0f} | {acq:,} | {rel:,} | {within} of {len(rs)} |")
+        if "etcd" in med and "fenced" in med:
+            ratios.append((label, None, med["fenced"][0] / med["etcd"][0], med["fenced"][1] / med["etcd"][1]))
+    lines.append("")
+    lines.append("*within 1,500 ms*: runs whose first acquire came within the target, election timeout (1 s) + 500 ms.")
+    lines.append("In the ratios below, p50 is the median first acquire and p99 the median of every client.\n")
+
 def memory_table():
     rs_all = [(t, r) for (l, t), rs in runs.items() if kind[l] == "watch-hold" for r in rs]
     if not rs_all: return
     lines.append("## Results: memory per 10,000 watchers\n")
     lines.append("10,000 watchers of one key opened on one member (100 watch streams of 100 watches, each stream on")
     lines.append("its own connection) and held idle; the member's RSS (`ps -o rss`) before, and while they are open.")
-    lines.append("Then one put, timed to every watcher (put issued → event received). Each member of each system once.\n")
+    lines.append("Then one put, timed to every watcher (put issued → event received). Each sampled member once.\n")
     lines.append("| system | member | RSS before MiB | RSS with watchers MiB | KiB per watcher | open s | one put to all: p50 / max ms | errors |")
     lines.append("|---|---|---|---|---|---|---|---|")
     per = {}
@@ -179,6 +219,7 @@ def memory_table():
 
 watch_table()
 failover_table()
+member_failover_table()
 memory_table()
 
 def fx(x): return "–" if x is None else f"{x:.2f}×"
@@ -203,6 +244,7 @@ lines.append("  fenced: `Lock.Acquire(name, lease)` → token, then `Lock.Releas
 lines.append("  the generated gRPC stubs; connection k goes to endpoint k mod 3 (a follower forwards the")
 lines.append("  commands to the leader). etcd: its v3lock service, `Lock(name, lease)` → key, then")
 lines.append("  `Unlock(key)`, through etcd-client (which balances across the endpoints).")
+lines.append(open(os.path.join(os.path.dirname(__file__), "workloads-more.md")).read().rstrip())
 lines.append(open(os.path.join(os.path.dirname(__file__), "workloads-watch.md")).read().rstrip())
 notes = os.environ.get("BENCH_NOTES", os.path.join(os.path.dirname(__file__), "notes.md"))
 if notes and os.path.exists(notes):
