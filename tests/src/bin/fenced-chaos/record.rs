@@ -138,11 +138,6 @@ impl Op {
         }
     }
 
-    /// Whether the operation may have taken effect without saying so.
-    pub(crate) fn is_unknown(&self) -> bool {
-        matches!(self.outcome, Outcome::Unknown { .. } | Outcome::Pending)
-    }
-
     /// The completion time, or "never" for an unknown operation.
     pub(crate) fn complete_or_max(&self) -> u64 {
         match self.outcome {

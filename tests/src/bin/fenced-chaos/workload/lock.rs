@@ -1,0 +1,267 @@
+//! The `lock` workload: holders take a few exclusive locks with sessions
+//! of a short TTL, append a value to the lock's fenced resource (read it,
+//! write it back one value longer) and release.
+//!
+//! Before each use of its token a holder checks that its session still
+//! vouches for the lease and records the deadline it vouched for. A client
+//! pause (from the nemesis) freezes the holder right after that check,
+//! for longer than the lease: the stale holder then writes with its old
+//! token, which the resource must refuse once a newer holder has used it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use fenced_client::{LockOptions, Session};
+use rand::Rng as _;
+use tokio::task::JoinSet;
+
+use crate::record::{Call, Outcome, Recorder, Ret};
+use crate::workload::{Context, LEASE_TTL, write_error};
+
+/// Concurrent holders.
+const HOLDERS: usize = 4;
+/// Lock names, `l/0` ..
+const LOCKS: usize = 2;
+
+/// A register per lock that refuses tokens below the highest it accepted,
+/// as a storage system given fencing tokens would.
+#[derive(Debug, Default)]
+pub(crate) struct FencedResource {
+    /// Lock name → (highest token accepted, the list). A std mutex, held
+    /// while the operation is recorded so the history's order is the
+    /// resource's order.
+    state: Mutex<HashMap<String, (i64, Vec<u64>)>>,
+}
+
+impl FencedResource {
+    /// Reads the list with the user's token; refused below the highest
+    /// token.
+    fn read(&self, user: &User<'_>) -> Option<Vec<u64>> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let call = Call::ResourceRead {
+            lock: user.lock.into(),
+            token: user.token,
+            alive_until: user.alive_until,
+        };
+        let pending = user.recorder.invoke(user.process, call);
+        let (highest, values) = state.entry(user.lock.into()).or_default();
+        let (ret, result) = match user.token < *highest {
+            true => (Ret::Rejected { highest: *highest }, None),
+            false => {
+                *highest = user.token;
+                (
+                    Ret::Values {
+                        values: values.clone(),
+                    },
+                    Some(values.clone()),
+                )
+            }
+        };
+        user.recorder.complete(pending, Outcome::Ok(ret));
+        result
+    }
+
+    /// Replaces the list by `base` plus `value`, with the user's token.
+    fn write(&self, user: &User<'_>, base: Vec<u64>, value: u64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let call = Call::ResourceWrite {
+            lock: user.lock.into(),
+            token: user.token,
+            value,
+            base_len: base.len(),
+            alive_until: user.alive_until,
+        };
+        let pending = user.recorder.invoke(user.process, call);
+        let (highest, values) = state.entry(user.lock.into()).or_default();
+        let ret = match user.token < *highest {
+            true => Ret::Rejected { highest: *highest },
+            false => {
+                *highest = user.token;
+                *values = base;
+                values.push(value);
+                Ret::Done
+            }
+        };
+        user.recorder.complete(pending, Outcome::Ok(ret));
+    }
+}
+
+/// Who uses the resource, with what, and what the holder's session
+/// vouched for when it last checked.
+struct User<'a> {
+    recorder: &'a Recorder,
+    process: u64,
+    lock: &'a str,
+    token: i64,
+    alive_until: u64,
+}
+
+/// Starts the holders on `tasks`.
+pub(crate) fn start(context: &Context, tasks: &mut JoinSet<()>) {
+    let resource = Arc::new(FencedResource::default());
+    for worker in 0..HOLDERS {
+        let context = context.clone();
+        let resource = resource.clone();
+        tasks.spawn(async move { run(context, resource, worker).await });
+    }
+}
+
+async fn run(context: Context, resource: Arc<FencedResource>, worker: usize) {
+    let client = context.client(worker, true);
+    let recorder = context.recorder.clone();
+    let mut process = recorder.process();
+    while !context.stopped() {
+        let session = match client.session_builder().ttl(LEASE_TTL).build().await {
+            Ok(session) => session,
+            Err(_) => {
+                context.think(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        while !context.stopped() && !session.is_lost() {
+            let lock = format!("l/{}", rand::rng().random_range(0..LOCKS));
+            let call = Call::Acquire {
+                lock: lock.clone(),
+                lease: session.lease_id(),
+            };
+            let pending = recorder.invoke(process, call);
+            let options = LockOptions::default().wait_timeout(Duration::from_secs(3));
+            let guard = match session.lock_with(lock.clone(), options).await {
+                Ok(guard) => {
+                    let token = guard.token();
+                    recorder.complete(pending, Outcome::Ok(Ret::Granted { token }));
+                    guard
+                }
+                Err(err) => {
+                    let outcome = write_error(&err);
+                    if matches!(outcome, Outcome::Unknown { .. }) {
+                        process = recorder.process();
+                    }
+                    recorder.complete(pending, outcome);
+                    // Without a pause a refusal that comes back at once
+                    // (the session's claim is still being given back)
+                    // would spin and starve the runtime.
+                    context.think(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let token = guard.token();
+            let held = Holder {
+                context: &context,
+                session: &session,
+                resource: &resource,
+                process,
+                lock: &lock,
+                token,
+            };
+            held.use_resource().await;
+            let hold = Duration::from_millis(rand::rng().random_range(0..100));
+            context.think(hold).await;
+            if session.is_lost() {
+                // The grant may be gone; the guard's drop releases what is
+                // left of it. Nothing to record: the holder stops using it.
+                drop(guard);
+                break;
+            }
+            let call = Call::Release {
+                lock: lock.clone(),
+                token,
+                alive_until: held.alive_until(),
+            };
+            let pending = recorder.invoke(process, call);
+            match guard.release().await {
+                Ok(()) => recorder.complete(pending, Outcome::Ok(Ret::Done)),
+                Err(err) => {
+                    let outcome = write_error(&err);
+                    if matches!(outcome, Outcome::Unknown { .. }) {
+                        process = recorder.process();
+                    }
+                    recorder.complete(pending, outcome);
+                }
+            }
+        }
+        // Revokes the lease if it still exists; a lost one is gone anyway.
+        let _ = session.close().await;
+    }
+}
+
+/// A holder between its grant and its release.
+struct Holder<'a> {
+    context: &'a Context,
+    session: &'a Session,
+    resource: &'a FencedResource,
+    process: u64,
+    lock: &'a str,
+    token: i64,
+}
+
+impl Holder<'_> {
+    /// The lease deadline the session vouches for now (ns since start), or
+    /// `None` when it no longer vouches for one in the future.
+    fn check(&self) -> Option<u64> {
+        let status = self.session.status();
+        let now = tokio::time::Instant::now();
+        if self.session.is_lost() || status.lost().is_some() || status.alive_until() <= now {
+            return None;
+        }
+        Some(self.alive_until())
+    }
+
+    fn alive_until(&self) -> u64 {
+        let status = self.session.status();
+        self.context.recorder.at(status.alive_until().into_std())
+    }
+
+    /// Reads the resource and writes it back one value longer, checking
+    /// the session before each use, and taking a client pause if one is
+    /// pending.
+    async fn use_resource(&self) {
+        let recorder = &self.context.recorder;
+        let Some(alive_until) = self.check() else {
+            return;
+        };
+        let paused = self.maybe_pause().await;
+        let user = |alive_until| User {
+            recorder,
+            process: self.process,
+            lock: self.lock,
+            token: self.token,
+            alive_until,
+        };
+        let Some(base) = self.resource.read(&user(alive_until)) else {
+            return;
+        };
+        // A paused holder goes on with what it checked before the pause:
+        // that is what a process frozen mid-operation does.
+        let alive_until = match paused {
+            true => alive_until,
+            false => match self.check() {
+                Some(alive_until) => alive_until,
+                None => return,
+            },
+        };
+        let value = self.context.unique_value();
+        self.resource.write(&user(alive_until), base, value);
+    }
+
+    /// Freezes for a pending client pause, recording it; whether it did.
+    async fn maybe_pause(&self) -> bool {
+        let Some(hold) = self.context.pauses.take() else {
+            return false;
+        };
+        let call = Call::Pause {
+            millis: u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
+            token: self.token,
+            lock: Some(self.lock.to_owned()),
+            election: None,
+        };
+        let pending = self.context.recorder.invoke(self.process, call);
+        // The nemesis's pacing: this is the fault, not a wait for an event.
+        tokio::time::sleep(hold).await;
+        self.context
+            .recorder
+            .complete(pending, Outcome::Ok(Ret::Done));
+        true
+    }
+}
