@@ -14,9 +14,10 @@ use crate::error::is_retryable;
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::kv_client::KvClient;
 use crate::pb::{
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, MemberListRequest, MemberListResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, MemberAddRequest, MemberChangeResponse,
+    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberRemoveRequest, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TransferLeaderRequest,
+    TransferLeaderResponse, TxnRequest, TxnResponse,
 };
 use crate::{ClientConfig, Error};
 
@@ -208,6 +209,62 @@ impl Client {
         self.call(|channel, timeout| async move {
             ClusterClient::new(channel)
                 .member_list(with_timeout(MemberListRequest {}, timeout))
+                .await
+        })
+        .await
+    }
+
+    /// Adds member `id` (a learner unless `voter`); the members afterwards.
+    /// Any member forwards it to the leader.
+    pub async fn member_add(
+        &self,
+        id: u64,
+        peer_addr: &str,
+        client_addr: &str,
+        voter: bool,
+    ) -> Result<MemberChangeResponse, Error> {
+        let request = MemberAddRequest {
+            id,
+            peer_addr: peer_addr.to_string(),
+            client_addr: client_addr.to_string(),
+            voter,
+        };
+        self.call(|channel, timeout| {
+            let request = request.clone();
+            async move {
+                ClusterClient::new(channel)
+                    .member_add(with_timeout(request, timeout))
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Makes learner `id` a voter (refused until it has caught up).
+    pub async fn member_promote(&self, id: u64) -> Result<MemberChangeResponse, Error> {
+        self.call(|channel, timeout| async move {
+            ClusterClient::new(channel)
+                .member_promote(with_timeout(MemberPromoteRequest { id }, timeout))
+                .await
+        })
+        .await
+    }
+
+    /// Removes member `id`; it stops.
+    pub async fn member_remove(&self, id: u64) -> Result<MemberChangeResponse, Error> {
+        self.call(|channel, timeout| async move {
+            ClusterClient::new(channel)
+                .member_remove(with_timeout(MemberRemoveRequest { id }, timeout))
+                .await
+        })
+        .await
+    }
+
+    /// Hands leadership to voter `target`; answers once it leads.
+    pub async fn transfer_leader(&self, target: u64) -> Result<TransferLeaderResponse, Error> {
+        self.call(|channel, timeout| async move {
+            ClusterClient::new(channel)
+                .transfer_leader(with_timeout(TransferLeaderRequest { target }, timeout))
                 .await
         })
         .await

@@ -126,10 +126,15 @@ enum Command {
     /// Print every change of a key (or prefix), one line per event, until
     /// Ctrl-C.
     Watch(WatchArgs),
-    /// Cluster membership.
+    /// Cluster membership: list, add, promote, remove.
     Member {
         #[command(subcommand)]
         command: MemberCommand,
+    },
+    /// Hand leadership to voter ID; returns once it leads.
+    TransferLeader {
+        /// The member to lead.
+        id: u64,
     },
 }
 
@@ -137,6 +142,34 @@ enum Command {
 enum MemberCommand {
     /// List the members of the cluster.
     List,
+    /// Add member ID, reachable by peers at PEER_ADDR, as a learner (start it
+    /// with `fenced --id ID --join ...`, or let `--join` add it instead).
+    Add {
+        /// The new member's id (never used before in this cluster).
+        id: u64,
+        /// HOST:PORT the new member's `--peer-listen` is reached at.
+        peer_addr: String,
+        /// HOST:PORT clients will use (the member publishes it anyway).
+        #[arg(long, default_value = "")]
+        client_addr: String,
+        /// Add as a learner (the default; kept for symmetry with etcdctl).
+        #[arg(long, conflicts_with = "voter")]
+        learner: bool,
+        /// Add as a voter right away (the quorum grows before it caught up).
+        #[arg(long)]
+        voter: bool,
+    },
+    /// Make learner ID a voter; refused until it has caught up.
+    Promote {
+        /// The learner.
+        id: u64,
+    },
+    /// Remove member ID; it stops. Removing the leader hands leadership over
+    /// first.
+    Remove {
+        /// The member.
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -202,9 +235,11 @@ async fn run(command: Command, client: &Client, output: &Output) -> anyhow::Resu
         }
         Command::Del { key, prefix } => del(client, output, key, prefix).await,
         Command::Status => status(client, output).await,
-        Command::Member {
-            command: MemberCommand::List,
-        } => member_list(client, output).await,
+        Command::Member { command } => member(command, client, output).await,
+        Command::TransferLeader { id } => {
+            let response = client.transfer_leader(id).await?;
+            output.leader_moved(response.leader).map_err(Into::into)
+        }
     };
     done.map(|()| ExitCode::SUCCESS)
 }
@@ -262,9 +297,25 @@ async fn status(client: &Client, output: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn member_list(client: &Client, output: &Output) -> anyhow::Result<()> {
-    let response = client.member_list().await?;
-    output.members(&response.members)?;
+async fn member(command: MemberCommand, client: &Client, output: &Output) -> anyhow::Result<()> {
+    let members = match command {
+        MemberCommand::List => client.member_list().await?.members,
+        MemberCommand::Add {
+            id,
+            peer_addr,
+            client_addr,
+            learner: _,
+            voter,
+        } => {
+            client
+                .member_add(id, &peer_addr, &client_addr, voter)
+                .await?
+                .members
+        }
+        MemberCommand::Promote { id } => client.member_promote(id).await?.members,
+        MemberCommand::Remove { id } => client.member_remove(id).await?.members,
+    };
+    output.members(&members)?;
     Ok(())
 }
 

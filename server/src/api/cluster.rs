@@ -175,13 +175,15 @@ impl ClusterService {
         Ok(self.change_response())
     }
 
-    /// Removes `id`; `Ok(None)` when this member (the leader) is the one to
-    /// go and handed leadership over first: the caller routes again.
+    /// Removes `id`. When this member (the leader) is the one to go, it
+    /// hands leadership over first and answers UNAVAILABLE: whoever routed
+    /// the call here routes it again, to the new leader (this member is
+    /// about to stop, so it cannot be the one to relay the answer).
     async fn remove_local(
         &self,
         id: u64,
         deadline: Instant,
-    ) -> Result<Option<Response<pb::MemberChangeResponse>>, Status> {
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let successor = {
             let state = self.node.state();
             let members = state.members();
@@ -209,12 +211,15 @@ impl ClusterService {
                 "handing leadership over before removing this member"
             );
             self.transfer_and_wait(successor, deadline).await?;
-            return Ok(None);
+            return Err(Status::unavailable(format!(
+                "member {id} led the cluster and handed leadership to member {successor} before \
+                 its removal; retry there"
+            )));
         }
         self.node
             .propose_member_change(MemberChange::Remove { id }, deadline)
             .await?;
-        Ok(Some(self.change_response()))
+        Ok(self.change_response())
     }
 
     async fn transfer_and_wait(&self, target: u64, deadline: Instant) -> Result<(), Status> {
@@ -369,28 +374,40 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let deadline = self.deadline(&request);
-        let mut forwarded = is_forwarded(&request);
+        let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         check_id(req.id)?;
-        // At most twice: once more after this member, the leader, handed
-        // leadership over because it is the one to remove.
-        for _ in 0..2 {
-            match self.route(forwarded, deadline).await? {
-                Route::Local => {
-                    if let Some(done) = self.remove_local(req.id, deadline).await? {
-                        return Ok(done);
-                    }
-                    forwarded = false;
-                }
-                Route::Leader(leader, addr) => {
-                    let mut client = self.leader_client(leader, &addr, deadline).await?;
-                    return client.member_remove(forward(req, deadline)).await;
+        let leader = match self.route(forwarded, deadline).await? {
+            Route::Local => return self.remove_local(req.id, deadline).await,
+            Route::Leader(leader, addr) => {
+                let mut client = self.leader_client(leader, &addr, deadline).await?;
+                match client.member_remove(forward(req, deadline)).await {
+                    Err(status) if status.code() == tonic::Code::Unavailable => leader,
+                    answer => return answer,
                 }
             }
+        };
+        // The leader was the member to remove and handed leadership over
+        // (maybe to this member): once more, to the new leader.
+        let mut leadership = self.node.status().leadership();
+        let moved = tokio::time::timeout_at(
+            deadline,
+            leadership.wait_for(|l| l.leader != leader && l.leader != 0),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !moved {
+            return Err(Status::unavailable(format!(
+                "leader {leader} did not hand leadership over before the deadline; retry"
+            )));
         }
-        Err(Status::unavailable(
-            "leadership moved while removing the leader; retry",
-        ))
+        match self.route(false, deadline).await? {
+            Route::Local => self.remove_local(req.id, deadline).await,
+            Route::Leader(leader, addr) => {
+                let mut client = self.leader_client(leader, &addr, deadline).await?;
+                client.member_remove(forward(req, deadline)).await
+            }
+        }
     }
 
     async fn transfer_leader(

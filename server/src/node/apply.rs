@@ -23,9 +23,13 @@ pub enum ApplyTask {
     Restore {
         /// Raft index of the snapshot.
         index: u64,
+        /// Raft term of the snapshot.
+        term: u64,
         /// The encoded state.
         data: Vec<u8>,
     },
+    /// Take a snapshot now (a peer needs one newer than the stored one).
+    SnapshotNow,
 }
 
 /// When to take local snapshots.
@@ -35,6 +39,8 @@ pub struct SnapshotPolicy {
     pub interval: u64,
     /// Index of the latest snapshot (the state the loop started from).
     pub last: u64,
+    /// Index and term of the last applied entry.
+    pub applied: (u64, u64),
     /// Writes them.
     pub snapshotter: Snapshotter,
 }
@@ -44,9 +50,16 @@ pub fn run(shared: Arc<Shared>, tasks: mpsc::Receiver<ApplyTask>, mut policy: Sn
     let mut next = tasks.recv().ok();
     while let Some(task) = next.take() {
         match task {
-            ApplyTask::Restore { index, data } => {
+            ApplyTask::Restore { index, term, data } => {
                 restore(&shared, index, &data);
                 policy.last = index;
+                policy.applied = (index, term);
+                next = tasks.recv().ok();
+            }
+            ApplyTask::SnapshotNow => {
+                if policy.applied.0 > policy.last {
+                    snapshot(&shared, &mut policy);
+                }
                 next = tasks.recv().ok();
             }
             ApplyTask::Entries(mut entries) => {
@@ -85,20 +98,26 @@ fn apply_entries(shared: &Shared, entries: &[Entry], policy: &mut SnapshotPolicy
         shared.lock_waits.notify(*index, change);
     }
     metrics::gauge!("fenced_applied_index").set(last.index as f64);
+    policy.applied = (last.index, last.term);
+    if last.index.saturating_sub(policy.last) >= policy.interval {
+        snapshot(shared, policy);
+    }
+}
 
-    if last.index.saturating_sub(policy.last) >= policy.interval && !policy.snapshotter.is_busy() {
-        let started = std::time::Instant::now();
-        // Constant time: the state's maps share their nodes with the copy.
-        let state = read_state(shared).clone();
-        metrics::histogram!("fenced_snapshot_pause_seconds").record(started.elapsed());
-        let job = SnapshotJob {
-            index: last.index,
-            term: last.term,
-            state,
-        };
-        if policy.snapshotter.submit(job) {
-            policy.last = last.index;
-        }
+/// Hands a copy of the state as of the last applied entry to the snapshot
+/// thread, unless it is busy.
+fn snapshot(shared: &Shared, policy: &mut SnapshotPolicy) {
+    if policy.snapshotter.is_busy() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    // Constant time: the state's maps share their nodes with the copy.
+    let state = read_state(shared).clone();
+    metrics::histogram!("fenced_snapshot_pause_seconds").record(started.elapsed());
+    let (index, term) = policy.applied;
+    let job = SnapshotJob { index, term, state };
+    if policy.snapshotter.submit(job) {
+        policy.last = index;
     }
 }
 

@@ -168,7 +168,7 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
 
     // The state starts from the latest snapshot; raft re-delivers the
     // committed entries after it.
-    let (state, applied) = match storage.snapshot_metadata().cloned() {
+    let (state, applied, applied_term) = match storage.snapshot_metadata().cloned() {
         Some(meta) => {
             let started = std::time::Instant::now();
             let data = storage.snapshot_data(meta.index)?;
@@ -185,13 +185,13 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
                 load_ms = started.elapsed().as_millis() as u64,
                 "loaded the latest snapshot"
             );
-            (state, meta.index)
+            (state, meta.index, meta.term)
         }
         None if storage.is_initialized() => bail!(
             "data dir {dir} has raft state but no snapshot: it was written by an older fenced \
              that this version cannot read; start the member with a new --data-dir (it catches up)"
         ),
-        None => (StateMachine::new(), 0),
+        None => (StateMachine::new(), 0, 0),
     };
     tracing::info!(
         cluster_id,
@@ -286,6 +286,7 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
     let policy = SnapshotPolicy {
         interval: config.snapshot_interval,
         last: applied,
+        applied: (applied, applied_term),
         snapshotter: Snapshotter::start(snapshot_writer, inbox_tx.clone())
             .context("cannot start the snapshot thread")?,
     };
@@ -330,10 +331,12 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
 /// with `members` as voters, at index 1 term 1.
 fn bootstrap(storage: &mut FjallStorage, members: &BTreeMap<u64, String>) -> anyhow::Result<()> {
     let state = StateMachine::bootstrap(MemberTable::bootstrap(members.keys().copied()));
-    let mut meta = SnapshotMetadata::default();
-    meta.index = 1;
-    meta.term = 1;
-    meta.set_conf_state(conf_state_of(&state));
+    let meta = SnapshotMetadata {
+        index: 1,
+        term: 1,
+        conf_state: Some(conf_state_of(&state)).into(),
+        ..Default::default()
+    };
     let mut snapshot = Snapshot::default();
     snapshot.set_metadata(meta);
     snapshot.set_data(snapshot::encode(&state).into());

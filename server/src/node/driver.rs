@@ -134,6 +134,9 @@ impl Driver {
             if self.raw.has_ready() {
                 self.on_ready()?;
             }
+            if self.raw.store().take_snapshot_request() {
+                let _ = self.apply_tx.send(ApplyTask::SnapshotNow);
+            }
             if self.removed.is_some() {
                 break 'run;
             }
@@ -370,6 +373,7 @@ impl Driver {
             self.shared.status.set_snapshot_index(index);
             let _ = self.apply_tx.send(ApplyTask::Restore {
                 index,
+                term: snapshot.get_metadata().term,
                 data: snapshot.get_data().to_vec(),
             });
         }
@@ -467,10 +471,10 @@ impl Driver {
             return;
         };
         match envelope.command {
-            Command::MemberChange(MemberChange::Add { id, peer_addr, .. }) => {
-                if id != self.shared.id {
-                    self.transport.set_peer(id, peer_addr);
-                }
+            Command::MemberChange(MemberChange::Add { id, peer_addr, .. })
+                if id != self.shared.id =>
+            {
+                self.transport.set_peer(id, peer_addr);
             }
             Command::MemberChange(MemberChange::Remove { id }) if id == self.shared.id => {
                 self.removed = Some(format!(

@@ -135,13 +135,19 @@ pub struct Shared {
 impl Shared {
     /// Sets the peer addresses from the member table.
     pub(crate) fn set_peers(&self, members: &crate::state::MemberTable) {
-        let peers = members
+        // Overrides also name members the table does not know yet (a member
+        // that joined, before its first snapshot arrives).
+        let mut peers: std::collections::BTreeMap<u64, String> = members
             .iter()
-            .filter_map(|m| {
-                let addr = self.peer_overrides.get(&m.id).unwrap_or(&m.peer_addr);
-                (!addr.is_empty()).then(|| (m.id, addr.clone()))
-            })
+            .filter(|m| !m.peer_addr.is_empty())
+            .map(|m| (m.id, m.peer_addr.clone()))
             .collect();
+        peers.extend(
+            self.peer_overrides
+                .iter()
+                .filter(|(id, _)| !members.was_removed(**id))
+                .map(|(id, addr)| (*id, addr.clone())),
+        );
         *self
             .peers
             .write()

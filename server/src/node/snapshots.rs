@@ -95,10 +95,12 @@ fn run(
                 );
                 metrics::histogram!("fenced_snapshot_write_seconds").record(took);
                 metrics::gauge!("fenced_snapshot_bytes").set(data.len() as f64);
-                let mut meta = SnapshotMetadata::default();
-                meta.index = job.index;
-                meta.term = job.term;
-                meta.set_conf_state(conf_state_of(&job.state));
+                let meta = SnapshotMetadata {
+                    index: job.index,
+                    term: job.term,
+                    conf_state: Some(conf_state_of(&job.state)).into(),
+                    ..Default::default()
+                };
                 if inbox.send(DriverMsg::SnapshotWritten(meta)).is_err() {
                     return;
                 }

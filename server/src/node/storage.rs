@@ -388,6 +388,9 @@ pub struct FjallStorage {
     snapshot_meta: Option<SnapshotMetadata>,
     initialized: bool,
     cache: EntryCache,
+    /// Set when raft asked for a snapshot the stored one cannot serve (its
+    /// configuration predates the peer); the driver asks for a new one.
+    snapshot_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for FjallStorage {
@@ -514,6 +517,7 @@ impl FjallStorage {
             snapshot_meta,
             initialized,
             cache: EntryCache::new(cache_entries, cache_bytes),
+            snapshot_wanted: std::sync::atomic::AtomicBool::new(false),
         };
         storage.warm_cache()?;
         tracing::debug!(storage = ?storage, "opened raft storage");
@@ -890,6 +894,13 @@ impl FjallStorage {
         &self.conf_state
     }
 
+    /// Whether raft asked for a snapshot newer than the stored one since the
+    /// last call (clears the request).
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The data of the snapshot at `index`.
     pub fn snapshot_data(&self, index: u64) -> Result<Vec<u8>, StorageError> {
         let data = self.snapshots.get(log_key(index))?.ok_or_else(|| {
@@ -1019,7 +1030,21 @@ impl raft::Storage for FjallStorage {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A peer added after the stored snapshot was taken would refuse it
+        // (raft-rs ignores a snapshot whose configuration lacks the
+        // receiver): ask for a new one, and let raft retry.
+        let includes_peer = self.snapshot_meta.as_ref().is_some_and(|m| {
+            let conf = m.get_conf_state();
+            conf.voters.contains(&to) || conf.learners.contains(&to)
+        });
+        if !includes_peer {
+            self.snapshot_wanted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
         let available = self
             .snapshot_meta
             .as_ref()

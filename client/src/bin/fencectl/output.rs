@@ -98,6 +98,18 @@ impl Output {
         }
     }
 
+    /// `transfer-leader`: `leader is now member ID`, or `{"leader"}`.
+    pub(crate) fn leader_moved(&self, leader: u64) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct LeaderJson {
+            leader: u64,
+        }
+        match self.format {
+            Format::Simple => print_lines([format!("leader is now member {leader}")]),
+            Format::Json => print_json([LeaderJson { leader }]),
+        }
+    }
+
     /// `lease grant`: `lease ID granted with TTL(Ns)` (as etcdctl says it,
     /// with a decimal id), or `{"id", "ttl"}`.
     pub(crate) fn lease_granted(&self, id: i64, ttl: i64) -> io::Result<()> {
@@ -440,6 +452,11 @@ struct MemberStatusJson {
     revision: i64,
     role: String,
     version: String,
+    first_index: u64,
+    last_index: u64,
+    snapshot_index: u64,
+    /// Hex, so it survives JSON readers that parse numbers as doubles.
+    state_digest: String,
 }
 
 impl From<&StatusRow> for StatusJson {
@@ -455,6 +472,10 @@ impl From<&StatusRow> for StatusJson {
                     revision: status.revision,
                     role: status.role.clone(),
                     version: status.version.clone(),
+                    first_index: status.first_index,
+                    last_index: status.last_index,
+                    snapshot_index: status.snapshot_index,
+                    state_digest: format!("{:016x}", status.state_digest),
                 }),
                 None,
             ),
