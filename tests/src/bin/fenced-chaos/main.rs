@@ -58,8 +58,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 )]
 struct Args {
     /// How long to run the workloads and the nemesis, in seconds.
-    #[arg(long)]
-    duration: f64,
+    #[arg(long, required_unless_present = "recheck")]
+    duration: Option<f64>,
     /// Fault families, comma separated: partition, kill, pause, member, or
     /// all.
     #[arg(long, default_value = "all", value_delimiter = ',')]
@@ -73,6 +73,10 @@ struct Args {
     /// Write report.json, history.json and streams.json here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Check the history a run wrote with `--out` again (history.json and
+    /// streams.json in this dir), without running anything.
+    #[arg(long, conflicts_with = "duration")]
+    recheck: Option<PathBuf>,
     /// Test the checker: start members with the hidden server flag
     /// `--unsafe-local-reads` (stale reads), which a run must catch.
     #[arg(long, hide = true)]
@@ -83,7 +87,18 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let nemeses: BTreeSet<NemesisKind> = parse_list(&args.nemesis, "--nemesis");
     let workloads: BTreeSet<WorkloadKind> = parse_list(&args.workload, "--workload");
-    if !(args.duration.is_finite() && args.duration > 0.0) {
+    if let Some(dir) = &args.recheck {
+        return match recheck(dir) {
+            Ok(report) if report.violations() == 0 => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("fenced-chaos: {err:#}");
+                ExitCode::from(3)
+            }
+        };
+    }
+    let duration = args.duration.unwrap_or_default();
+    if !(duration.is_finite() && duration > 0.0) {
         Args::command()
             .error(
                 clap::error::ErrorKind::InvalidValue,
@@ -151,7 +166,8 @@ async fn run(
     workloads: BTreeSet<WorkloadKind>,
 ) -> anyhow::Result<Report> {
     let seed = args.seed.unwrap_or_else(rand::random);
-    let duration = Duration::from_secs_f64(args.duration);
+    let duration_secs = args.duration.unwrap_or_default();
+    let duration = Duration::from_secs_f64(duration_secs);
     let names = |set: Vec<String>| set.join(",");
     let nemesis_names = names(
         nemeses
@@ -172,7 +188,7 @@ async fn run(
     println!(
         "  reproduce: fenced-chaos --seed {seed} --duration {} --nemesis {nemesis_names} \
          --workload {workload_names}{}",
-        args.duration,
+        duration_secs,
         match args.unsafe_local_reads {
             true => " --unsafe-local-reads",
             false => "",
@@ -320,7 +336,7 @@ async fn run(
     }
     let report = Report {
         seed,
-        duration_secs: args.duration,
+        duration_secs,
         nemeses: nemeses
             .iter()
             .map(|k| format!("{k:?}").to_lowercase())
@@ -351,6 +367,56 @@ async fn run(
         report.violations()
     );
     drop(cluster);
+    Ok(report)
+}
+
+/// Runs every checker again on a run's `--out` dir and prints the report.
+/// The end-of-run stall checks need the sentinels and are not repeated.
+fn recheck(dir: &std::path::Path) -> anyhow::Result<Report> {
+    let read = |name: &str| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let history: Vec<record::Op> =
+        serde_json::from_str(&read("history.json")?).context("parsing history.json")?;
+    #[derive(serde::Deserialize)]
+    struct Streams {
+        observers: Vec<StreamLog<record::Observed>>,
+        watchers: Vec<StreamLog<record::Seen>>,
+    }
+    let streams: Streams =
+        serde_json::from_str(&read("streams.json")?).context("parsing streams.json")?;
+    let summary: serde_json::Value =
+        serde_json::from_str(&read("report.json")?).context("parsing report.json")?;
+    let verdicts = vec![
+        check::register::check(&history),
+        check::lock::check(&history),
+        check::election::check(&history, &streams.observers),
+        check::watch::check(&history, &streams.watchers),
+    ];
+    let report = Report {
+        seed: summary["seed"].as_u64().unwrap_or_default(),
+        duration_secs: summary["report"]["duration_secs"]
+            .as_f64()
+            .unwrap_or_default(),
+        nemeses: Vec::new(),
+        workloads: Vec::new(),
+        unsafe_local_reads: false,
+        schedule: Vec::new(),
+        faults: Vec::new(),
+        verdicts,
+        history,
+        observers: streams.observers,
+        watchers: streams.watchers,
+    };
+    print!("{}", report.text());
+    println!(
+        "\nfenced-chaos: recheck of {} (seed {}): {} operations checked, {} violations",
+        dir.display(),
+        report.seed,
+        report.checked(),
+        report.violations()
+    );
     Ok(report)
 }
 
@@ -398,7 +464,7 @@ async fn election_sentinel(context: &Context) -> Option<i64> {
                 return Some(token);
             }
             Err(err) => {
-                recorder.complete(pending, workload::write_error(&err));
+                recorder.complete(pending, workload::grant_error(&err));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -279,7 +279,7 @@ impl Recorder {
 }
 
 /// What one long-lived stream (a watch, an election observer) delivered.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct StreamLog<T> {
     /// `watcher 2`, `observer 1`.
     pub(crate) name: String,
@@ -293,7 +293,7 @@ pub(crate) struct StreamLog<T> {
 }
 
 /// One change a watcher saw.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Seen {
     /// When it arrived, ns since the start.
     pub(crate) time: u64,
@@ -304,7 +304,7 @@ pub(crate) struct Seen {
 }
 
 /// One state of an election an observer saw.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Observed {
     pub(crate) time: u64,
     pub(crate) revision: i64,
@@ -313,7 +313,7 @@ pub(crate) struct Observed {
 }
 
 /// A leader as an observer saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ObservedLeader {
     pub(crate) token: i64,
     pub(crate) lease: i64,

@@ -30,6 +30,7 @@ pub(crate) fn check(history: &[Op], observers: &[StreamLog<Observed>]) -> Verdic
                     wins.entry(election).or_default().push(Grant {
                         acquire: op,
                         token: *token,
+                        lease: *lease,
                         uses: Vec::new(),
                     });
                 }
@@ -143,7 +144,10 @@ fn check_one_observer(
                 )
                 .with_items(vec![item.to_string()]),
             ),
-            Some(op) if matches!(op.outcome, Outcome::Fail { .. }) => verdict.violations.push(
+            // Only the server's own refusals count: the client also fails a
+            // campaign by itself when its session is lost, after which the
+            // server may still elect it.
+            Some(op) if refused_by_server(&op.outcome) => verdict.violations.push(
                 Violation::new(
                     format!("{}: a campaign that was refused is leader", observer.name),
                     vec![(*op).clone()],
@@ -152,6 +156,17 @@ fn check_one_observer(
             ),
             Some(_) => {}
         }
+    }
+}
+
+/// Whether the server refused the campaign outright (no such lease, bad
+/// input), so it can never lead.
+fn refused_by_server(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Fail { error } => {
+            error.starts_with("NotFound") || error.starts_with("InvalidArgument")
+        }
+        _ => false,
     }
 }
 
@@ -395,6 +410,30 @@ mod tests {
             "{whats:?}"
         );
         assert!(whats.iter().any(|w| w.contains("never saw")), "{whats:?}");
+    }
+
+    #[test]
+    fn only_a_campaign_the_server_refused_cannot_lead() {
+        let mut h = two_terms();
+        // The client gave up on its own (session lost); the server may
+        // still have elected it.
+        h.push_fail(
+            3,
+            60,
+            70,
+            campaign(3, 300),
+            "FailedPrecondition: session lost",
+        );
+        // The server said the lease does not exist.
+        h.push_fail(4, 60, 70, campaign(4, 400), "NotFound: lease 4 not found");
+        let mut items = good_observations();
+        items.push(observed(12, Some((12, 3, 300))));
+        let ok = check(&h.ops, &[observer("observer 1", items.clone())]);
+        assert!(ok.violations.is_empty(), "{:?}", ok.violations);
+        items.push(observed(14, Some((14, 4, 400))));
+        let bad = check(&h.ops, &[observer("observer 1", items)]);
+        assert_eq!(bad.violations.len(), 1, "{:?}", bad.violations);
+        assert!(bad.violations[0].what.contains("refused"));
     }
 
     #[test]

@@ -103,6 +103,21 @@ pub(crate) mod tests {
             self.push(process, invoke, Some(complete), call, outcome);
         }
 
+        /// An operation that failed with this error text.
+        pub(crate) fn push_fail(
+            &mut self,
+            process: u64,
+            invoke: u64,
+            complete: u64,
+            call: Call,
+            error: &str,
+        ) {
+            let outcome = Outcome::Fail {
+                error: error.into(),
+            };
+            self.push(process, invoke, Some(complete), call, outcome);
+        }
+
         /// An operation whose outcome is unknown.
         pub(crate) fn unknown(&mut self, process: u64, invoke: u64, call: Call) {
             let outcome = Outcome::Unknown {

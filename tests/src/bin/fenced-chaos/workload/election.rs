@@ -13,7 +13,7 @@ use rand::Rng as _;
 use tokio::task::JoinSet;
 
 use crate::record::{Call, Observed, ObservedLeader, Outcome, Ret, StreamLog};
-use crate::workload::{Context, LEASE_TTL, parse_value, write_error};
+use crate::workload::{Context, LEASE_TTL, grant_error, parse_value, write_error};
 
 /// Concurrent candidates.
 const CANDIDATES: usize = 3;
@@ -86,7 +86,7 @@ async fn candidate(context: Context, worker: usize) {
                     leadership
                 }
                 Err(err) => {
-                    let outcome = write_error(&err);
+                    let outcome = grant_error(&err);
                     if matches!(outcome, Outcome::Unknown { .. }) {
                         process = recorder.process();
                     }

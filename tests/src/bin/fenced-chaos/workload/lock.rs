@@ -17,7 +17,7 @@ use rand::Rng as _;
 use tokio::task::JoinSet;
 
 use crate::record::{Call, Outcome, Recorder, Ret};
-use crate::workload::{Context, LEASE_TTL, write_error};
+use crate::workload::{Context, LEASE_TTL, grant_error, write_error};
 
 /// Concurrent holders.
 const HOLDERS: usize = 4;
@@ -134,7 +134,7 @@ async fn run(context: Context, resource: Arc<FencedResource>, worker: usize) {
                     guard
                 }
                 Err(err) => {
-                    let outcome = write_error(&err);
+                    let outcome = grant_error(&err);
                     if matches!(outcome, Outcome::Unknown { .. }) {
                         process = recorder.process();
                     }

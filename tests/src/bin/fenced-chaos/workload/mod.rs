@@ -126,6 +126,18 @@ pub(crate) fn write_error(err: &Error) -> Outcome {
     }
 }
 
+/// The outcome of a lock acquire or a campaign that returned `err`:
+/// certainly failed only when the server refused it (no such lease, bad
+/// input). The client fails them by itself, with `FAILED_PRECONDITION`,
+/// when its session is lost, and the server may grant them after that.
+pub(crate) fn grant_error(err: &Error) -> Outcome {
+    let error = err.to_string();
+    match err.code() {
+        Code::InvalidArgument | Code::NotFound => Outcome::Fail { error },
+        _ => Outcome::Unknown { error },
+    }
+}
+
 /// The outcome of a read that returned `err`: it changed nothing.
 pub(crate) fn read_error(err: &Error) -> Outcome {
     Outcome::Fail {
