@@ -77,11 +77,13 @@ struct Args {
     #[arg(long, default_value_t = 0, global = true)]
     conns: usize,
     /// Run for this many seconds (watch-hold: hold the watches this long;
-    /// election-failover: start rounds for this long).
+    /// election-failover: start rounds for this long; member-failover:
+    /// ignored).
     #[arg(long, global = true, conflicts_with = "total")]
     duration: Option<f64>,
     /// Run until this many requests completed (watch-latency: puts;
-    /// election-failover: failover rounds).
+    /// election-failover: failover rounds; lease-keepalive: keepalives;
+    /// member-failover: ignored).
     #[arg(long, global = true)]
     total: Option<u64>,
     /// Output format.
@@ -185,9 +187,12 @@ enum Workload {
     },
     /// The lock workload (--clients clients over --locks locks) while the
     /// leading member's process is SIGKILLed; time from the kill to the
-    /// first successful acquire issued after it. Leaves that member dead.
+    /// first successful acquire issued after it, for the first and the last
+    /// client. Leaves that member dead: restart it before the next run.
     MemberFailover {
-        /// The server process id of each endpoint, in --endpoints order.
+        /// The server process id of each endpoint, in --endpoints order; the
+        /// leader's is sent SIGKILL (needs the right to signal it). The
+        /// leader is the member whose own status says so.
         #[arg(long, value_delimiter = ',', required = true)]
         pids: Vec<u32>,
         /// Distinct locks; 0: one per client (no client waits for another).
