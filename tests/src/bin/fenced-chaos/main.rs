@@ -215,7 +215,10 @@ async fn run(
         println!("  {step}");
     }
 
-    let mut config = ClusterConfig::new(MEMBERS).env("RUST_LOG", "warn");
+    // Members log warnings only, unless FENCED_CHAOS_MEMBER_LOG asks for
+    // more (a tracing filter, e.g. `info,fenced_server::lessor=debug`).
+    let member_log = std::env::var("FENCED_CHAOS_MEMBER_LOG").unwrap_or_else(|_| "warn".into());
+    let mut config = ClusterConfig::new(MEMBERS).env("RUST_LOG", member_log);
     if args.unsafe_local_reads {
         println!("  note: members run with --unsafe-local-reads (stale reads on purpose)");
         config = config.arg("--unsafe-local-reads");

@@ -101,11 +101,10 @@ async fn candidate(context: Context, worker: usize) {
             let token = leadership.token();
             let lead = Duration::from_millis(rand::rng().random_range(100..800));
             context.think(lead).await;
+            // Resigned explicitly and recorded even when the session is
+            // lost: dropping the leadership would resign in the background,
+            // unrecorded.
             let status = session.status();
-            if status.lost().is_some() || session.is_lost() {
-                drop(leadership);
-                break;
-            }
             let alive_until = recorder.at(status.alive_until().into_std());
             if let Some(hold) = context.pauses.take() {
                 let call = Call::Pause {

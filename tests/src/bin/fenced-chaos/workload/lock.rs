@@ -158,12 +158,10 @@ async fn run(context: Context, resource: Arc<FencedResource>, worker: usize) {
             held.use_resource().await;
             let hold = Duration::from_millis(rand::rng().random_range(0..100));
             context.think(hold).await;
-            if session.is_lost() {
-                // The grant may be gone; the guard's drop releases what is
-                // left of it. Nothing to record: the holder stops using it.
-                drop(guard);
-                break;
-            }
+            // Released explicitly and recorded even when the session is
+            // lost: dropping the guard would release in the background,
+            // unrecorded, and the checker would see the next holder while
+            // this one still seemed to hold.
             let call = Call::Release {
                 lock: lock.clone(),
                 token,
