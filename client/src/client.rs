@@ -181,7 +181,7 @@ impl Client {
     pub async fn status(&self) -> Result<StatusResponse, Error> {
         self.call(|channel, timeout| async move {
             ClusterClient::new(channel)
-                .status(with_timeout(StatusRequest {}, timeout))
+                .status(with_timeout(StatusRequest::default(), timeout))
                 .await
         })
         .await
@@ -191,13 +191,23 @@ impl Client {
     /// failover: the answer must come from `endpoint` or not at all. The
     /// endpoint need not be one of the configured ones.
     pub async fn status_of(&self, endpoint: &str) -> Result<StatusResponse, Error> {
+        self.status_of_with(endpoint, false).await
+    }
+
+    /// [`Client::status_of`], also asking for the state digest when
+    /// `digest` is set (it costs the member a pass over its whole state).
+    pub async fn status_of_with(
+        &self,
+        endpoint: &str,
+        digest: bool,
+    ) -> Result<StatusResponse, Error> {
         let timeout = self.inner.config.request_timeout;
         let channel = match self.inner.members.iter().find(|m| m.matches(endpoint)) {
             Some(member) => member.channel(),
             None => MemberEndpoint::parse(endpoint, &self.inner.config)?.channel(),
         };
         let mut cluster = ClusterClient::new(channel);
-        let request = with_timeout(StatusRequest {}, timeout);
+        let request = with_timeout(StatusRequest { digest }, timeout);
         match attempt(endpoint, timeout, cluster.status(request)).await {
             Ok(status) => Ok(status),
             Err(failure) => Err(failure.status.into()),

@@ -168,7 +168,7 @@ impl Cluster {
                 id,
                 client_addr: client_addrs[&id],
                 peer_addr: peer_addrs[&id],
-                initial_cluster,
+                bootstrap: ["--initial-cluster".into(), initial_cluster],
                 extra_args: config.extra_args.clone(),
                 env: config.env.clone(),
             };
@@ -224,6 +224,34 @@ impl Cluster {
     }
 
     // ------------------------------------------------------------ processes
+
+    /// Starts a new member `id` that joins the cluster through member
+    /// `via`'s client address (`fenced --join`), with `extra_args` on top of
+    /// nothing else: it does not inherit the cluster's extra arguments. It
+    /// talks to the others directly, not through the fault proxies. Returns
+    /// once the process is spawned.
+    pub fn join(
+        &mut self,
+        id: u64,
+        via: u64,
+        extra_args: &[&str],
+    ) -> anyhow::Result<()> {
+        if self.members.contains_key(&id) {
+            bail!("member {id} already exists in the harness");
+        }
+        let spec = MemberSpec {
+            id,
+            client_addr: free_loopback_addr(),
+            peer_addr: free_loopback_addr(),
+            bootstrap: ["--join".into(), self.endpoint(via)],
+            extra_args: extra_args.iter().map(OsString::from).collect(),
+            env: Vec::new(),
+        };
+        let member = Member::new(spec).context("creating a member directory")?;
+        member.start()?;
+        self.members.insert(id, member);
+        Ok(())
+    }
 
     /// Crashes member `id` (SIGKILL) and waits until it has exited.
     pub async fn kill(&self, id: u64) -> anyhow::Result<()> {
@@ -326,6 +354,16 @@ impl Cluster {
     pub async fn status(&self, id: u64) -> anyhow::Result<StatusResponse> {
         self.client_of(id)
             .status()
+            .await
+            .with_context(|| format!("status of member {id}"))
+    }
+
+    /// Member `id`'s status with its state digest (a pass over its whole
+    /// state: for comparing members once they converged).
+    pub async fn status_with_digest(&self, id: u64) -> anyhow::Result<StatusResponse> {
+        let endpoint = self.endpoint(id);
+        self.client_of(id)
+            .status_of_with(&endpoint, true)
             .await
             .with_context(|| format!("status of member {id}"))
     }

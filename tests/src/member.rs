@@ -58,7 +58,9 @@ pub(crate) struct MemberSpec {
     pub(crate) client_addr: SocketAddr,
     pub(crate) peer_addr: SocketAddr,
     /// The `--initial-cluster` value, as this member must see it.
-    pub(crate) initial_cluster: String,
+    /// `--initial-cluster ...`, or `--join ADDR` for a member that joins a
+    /// running cluster.
+    pub(crate) bootstrap: [String; 2],
     pub(crate) extra_args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
 }
@@ -82,9 +84,8 @@ impl Member {
             spec.client_addr.to_string().into(),
             "--peer-listen".into(),
             spec.peer_addr.to_string().into(),
-            "--initial-cluster".into(),
-            spec.initial_cluster.into(),
         ];
+        args.extend(spec.bootstrap.map(OsString::from));
         args.extend(spec.extra_args);
         Ok(Member {
             id: spec.id,

@@ -285,7 +285,7 @@ async fn status(client: &Client, output: &Output) -> anyhow::Result<()> {
     let queries = client.endpoints().map(|endpoint| async move {
         StatusRow {
             endpoint: endpoint.to_owned(),
-            result: client.status_of(endpoint).await,
+            result: client.status_of_with(endpoint, true).await,
         }
     });
     let rows = futures::future::join_all(queries).await;

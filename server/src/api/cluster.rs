@@ -298,12 +298,21 @@ fn check_id(id: u64) -> Result<(), Status> {
 impl Cluster for ClusterService {
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.node.status();
-        let (revision, digest) = {
+        let (revision, copy) = {
             let state = self.node.state();
-            (state.revision(), state.digest())
+            // A copy costs nothing (persistent maps): the digest is computed
+            // without holding the state lock the apply loop needs.
+            let copy = request.get_ref().digest.then(|| state.clone());
+            (state.revision(), copy)
+        };
+        let digest = match copy {
+            Some(copy) => tokio::task::spawn_blocking(move || copy.digest())
+                .await
+                .map_err(|e| Status::internal(format!("digest task failed: {e}")))?,
+            None => 0,
         };
         Ok(Response::new(pb::StatusResponse {
             header: Some(header(&self.node, revision)),

@@ -255,7 +255,12 @@ impl Driver {
                     )));
                 };
                 let behind = last.saturating_sub(progress.matched);
-                if progress.state == ProgressState::Snapshot || behind > PROMOTE_MAX_LAG {
+                // A learner that never acknowledged anything has not caught up,
+                // however short the log.
+                if progress.matched == 0
+                    || progress.state == ProgressState::Snapshot
+                    || behind > PROMOTE_MAX_LAG
+                {
                     return Err(NodeError::FailedPrecondition(format!(
                         "learner {id} has not caught up: it has the log up to index {} of {last} \
                          ({behind} behind, at most {PROMOTE_MAX_LAG} allowed); retry once it has",
