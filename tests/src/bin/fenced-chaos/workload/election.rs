@@ -2,8 +2,9 @@
 //! sessions of a short TTL, lead for a moment and resign; observers on
 //! different members follow the election from one start revision.
 //!
-//! A client pause freezes a leader past its lease before it resigns, so
-//! the next leader is elected while the old one still thinks it leads.
+//! A client pause freezes a leader past its lease before it resigns (its
+//! session's keepalives stop too, as a frozen process's would), so the
+//! next leader is elected while the old one still thinks it leads.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -59,7 +60,7 @@ async fn candidate(context: Context, worker: usize) {
     let client = context.client(worker + 1, true);
     let recorder = context.recorder.clone();
     let mut process = recorder.process();
-    while !context.stopped() {
+    'sessions: while !context.stopped() {
         let session = match client.session_builder().ttl(LEASE_TTL).build().await {
             Ok(session) => session,
             Err(_) => {
@@ -107,6 +108,10 @@ async fn candidate(context: Context, worker: usize) {
             let status = session.status();
             let alive_until = recorder.at(status.alive_until().into_std());
             if let Some(hold) = context.pauses.take() {
+                // A frozen process sends no keepalives either: stop the
+                // session without revoking its lease, so the leadership can
+                // run out during the freeze.
+                drop(session);
                 let call = Call::Pause {
                     millis: u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
                     token,
@@ -117,26 +122,41 @@ async fn candidate(context: Context, worker: usize) {
                 // The nemesis's pacing: this is the fault itself.
                 tokio::time::sleep(hold).await;
                 recorder.complete(pending, Outcome::Ok(Ret::Done));
+                process = resign(&context, process, leadership, alive_until).await;
+                continue 'sessions;
             }
-            let call = Call::Resign {
-                election: ELECTION.into(),
-                token,
-                alive_until,
-            };
-            let pending = recorder.invoke(process, call);
-            match leadership.resign().await {
-                Ok(()) => recorder.complete(pending, Outcome::Ok(Ret::Done)),
-                Err(err) => {
-                    let outcome = write_error(&err);
-                    if matches!(outcome, Outcome::Unknown { .. }) {
-                        process = recorder.process();
-                    }
-                    recorder.complete(pending, outcome);
-                }
-            }
+            process = resign(&context, process, leadership, alive_until).await;
         }
         let _ = session.close().await;
     }
+}
+
+/// Resigns `leadership`, recorded with the lease deadline the session
+/// vouched for; returns the process to go on with.
+async fn resign(
+    context: &Context,
+    mut process: u64,
+    leadership: fenced_client::Leadership,
+    alive_until: u64,
+) -> u64 {
+    let recorder = &context.recorder;
+    let call = Call::Resign {
+        election: ELECTION.into(),
+        token: leadership.token(),
+        alive_until,
+    };
+    let pending = recorder.invoke(process, call);
+    match leadership.resign().await {
+        Ok(()) => recorder.complete(pending, Outcome::Ok(Ret::Done)),
+        Err(err) => {
+            let outcome = write_error(&err);
+            if matches!(outcome, Outcome::Unknown { .. }) {
+                process = recorder.process();
+            }
+            recorder.complete(pending, outcome);
+        }
+    }
+    process
 }
 
 async fn observe(

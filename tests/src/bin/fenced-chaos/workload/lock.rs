@@ -5,15 +5,17 @@
 //! Before each use of its token a holder checks that its session still
 //! vouches for the lease and records the deadline it vouched for. A client
 //! pause (from the nemesis) freezes the holder right after that check,
-//! for longer than the lease: the stale holder then writes with its old
+//! for longer than the lease, and stops its session's keepalives as a
+//! frozen process's would: the stale holder then writes with its old
 //! token, which the resource must refuse once a newer holder has used it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use fenced_client::{LockOptions, Session};
+use fenced_client::{LockOptions, SessionStatus};
 use rand::Rng as _;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::record::{Call, Outcome, Recorder, Ret};
@@ -111,7 +113,7 @@ async fn run(context: Context, resource: Arc<FencedResource>, worker: usize) {
     let client = context.client(worker, true);
     let recorder = context.recorder.clone();
     let mut process = recorder.process();
-    while !context.stopped() {
+    'sessions: while !context.stopped() {
         let session = match client.session_builder().ttl(LEASE_TTL).build().await {
             Ok(session) => session,
             Err(_) => {
@@ -149,12 +151,24 @@ async fn run(context: Context, resource: Arc<FencedResource>, worker: usize) {
             let token = guard.token();
             let held = Holder {
                 context: &context,
-                session: &session,
+                status: session.status_changes(),
                 resource: &resource,
                 process,
                 lock: &lock,
                 token,
             };
+            if let Some(hold) = context.pauses.take()
+                && let Some(alive_until) = held.check()
+            {
+                // A frozen process sends no keepalives and no release
+                // either: stop the session without revoking the lease and
+                // keep the grant, so the lease runs out during the freeze.
+                std::mem::forget(guard);
+                drop(session);
+                held.freeze(hold).await;
+                held.use_resource_stale(alive_until);
+                continue 'sessions;
+            }
             held.use_resource().await;
             let hold = Duration::from_millis(rand::rng().random_range(0..100));
             context.think(hold).await;
@@ -187,7 +201,9 @@ async fn run(context: Context, resource: Arc<FencedResource>, worker: usize) {
 /// A holder between its grant and its release.
 struct Holder<'a> {
     context: &'a Context,
-    session: &'a Session,
+    /// The session's status: the holder reads what its session vouches
+    /// for, without keeping the session itself.
+    status: watch::Receiver<SessionStatus>,
     resource: &'a FencedResource,
     process: u64,
     lock: &'a str,
@@ -198,56 +214,57 @@ impl Holder<'_> {
     /// The lease deadline the session vouches for now (ns since start), or
     /// `None` when it no longer vouches for one in the future.
     fn check(&self) -> Option<u64> {
-        let status = self.session.status();
+        let status = self.status.borrow().clone();
         let now = tokio::time::Instant::now();
-        if self.session.is_lost() || status.lost().is_some() || status.alive_until() <= now {
+        if status.lost().is_some() || status.alive_until() <= now {
             return None;
         }
         Some(self.alive_until())
     }
 
     fn alive_until(&self) -> u64 {
-        let status = self.session.status();
-        self.context.recorder.at(status.alive_until().into_std())
+        let alive_until = self.status.borrow().alive_until();
+        self.context.recorder.at(alive_until.into_std())
     }
 
     /// Reads the resource and writes it back one value longer, checking
-    /// the session before each use, and taking a client pause if one is
-    /// pending.
+    /// the session before each use.
     async fn use_resource(&self) {
-        let recorder = &self.context.recorder;
         let Some(alive_until) = self.check() else {
             return;
         };
-        let paused = self.maybe_pause().await;
-        let user = |alive_until| User {
-            recorder,
+        let Some(base) = self.resource.read(&self.user(alive_until)) else {
+            return;
+        };
+        let Some(alive_until) = self.check() else {
+            return;
+        };
+        let value = self.context.unique_value();
+        self.resource.write(&self.user(alive_until), base, value);
+    }
+
+    /// What a holder frozen right after checking its session does when it
+    /// thaws: it uses its token anyway, with what it checked before.
+    fn use_resource_stale(&self, alive_until: u64) {
+        let Some(base) = self.resource.read(&self.user(alive_until)) else {
+            return;
+        };
+        let value = self.context.unique_value();
+        self.resource.write(&self.user(alive_until), base, value);
+    }
+
+    fn user(&self, alive_until: u64) -> User<'_> {
+        User {
+            recorder: &self.context.recorder,
             process: self.process,
             lock: self.lock,
             token: self.token,
             alive_until,
-        };
-        let Some(base) = self.resource.read(&user(alive_until)) else {
-            return;
-        };
-        // A paused holder goes on with what it checked before the pause:
-        // that is what a process frozen mid-operation does.
-        let alive_until = match paused {
-            true => alive_until,
-            false => match self.check() {
-                Some(alive_until) => alive_until,
-                None => return,
-            },
-        };
-        let value = self.context.unique_value();
-        self.resource.write(&user(alive_until), base, value);
+        }
     }
 
-    /// Freezes for a pending client pause, recording it; whether it did.
-    async fn maybe_pause(&self) -> bool {
-        let Some(hold) = self.context.pauses.take() else {
-            return false;
-        };
+    /// Freezes for `hold`, recording it as a client pause.
+    async fn freeze(&self, hold: Duration) {
         let call = Call::Pause {
             millis: u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
             token: self.token,
@@ -260,6 +277,5 @@ impl Holder<'_> {
         self.context
             .recorder
             .complete(pending, Outcome::Ok(Ret::Done));
-        true
     }
 }
