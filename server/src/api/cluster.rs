@@ -301,13 +301,14 @@ impl Cluster for ClusterService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self.node.status();
-        let (revision, copy) = {
-            let state = self.node.state();
+        let (revision, copy, state_index) = {
+            let (state, index) = self.node.state_at();
             // A copy costs nothing (persistent maps): the digest is computed
             // without holding the state lock the apply loop needs.
             let copy = request.get_ref().digest.then(|| state.clone());
-            (state.revision(), copy)
+            (state.revision(), copy, index)
         };
+        let copy_taken = copy.is_some();
         let digest = match copy {
             Some(copy) => tokio::task::spawn_blocking(move || copy.digest())
                 .await
@@ -320,7 +321,13 @@ impl Cluster for ClusterService {
             leader: status.leader(),
             raft_term: status.term(),
             commit_index: status.commit(),
-            applied_index: self.node.applied_index(),
+            // With a digest, the index the digested state reflects (the
+            // published applied index can trail the state by a batch).
+            applied_index: if copy_taken {
+                state_index
+            } else {
+                self.node.applied_index()
+            },
             revision,
             role: status.role().as_str().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -181,6 +181,11 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> (Vec<(u64, LockChange)>, b
             shared.proposals.complete(envelope.seq, Ok(applied));
         }
     }
+    if let Some(last) = entries.last() {
+        shared
+            .state_index
+            .store(last.index, std::sync::atomic::Ordering::Release);
+    }
     (changes, members_changed)
 }
 
@@ -218,10 +223,16 @@ fn restore(shared: &Shared, index: u64, data: &[u8]) {
     };
     let revision = restored.revision();
     shared.set_peers(restored.members());
-    *shared
-        .state
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = restored;
+    {
+        let mut state = shared
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *state = restored;
+        shared
+            .state_index
+            .store(index, std::sync::atomic::Ordering::Release);
+    }
     shared.applied.send_replace(index);
     shared.watch.reset(revision);
     shared.lock_waits.wake_all();

@@ -242,6 +242,7 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         cluster_id,
         proposals: proposals::Proposals::new(config.id),
         applied: watch::Sender::new(applied),
+        state_index: std::sync::atomic::AtomicU64::new(applied),
         status: RaftStatus::new(config.election_timeout()),
         lock_waits: Default::default(),
         peers: RwLock::new(BTreeMap::new()),

@@ -116,7 +116,12 @@ pub struct Shared {
     /// the apply loop holds it only for one batch of entries.
     pub state: RwLock<StateMachine>,
     /// Highest applied raft index; readers wait on it after a ReadIndex.
+    /// Published after the state lock is released, so it can trail the
+    /// state by one batch.
     pub applied: watch::Sender<u64>,
+    /// The raft index the state reflects, set while the state lock is held:
+    /// read it under the lock for a consistent (index, state) pair.
+    pub state_index: std::sync::atomic::AtomicU64,
     /// The driver's published view of raft (leader, term, indexes).
     pub status: RaftStatus,
     /// Acquirers waiting for their lock place to be granted or to end.
@@ -208,6 +213,17 @@ impl Node {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(&id)
             .cloned()
+    }
+
+    /// The applied state and the raft index it reflects, consistently.
+    /// Never hold the guard across an await.
+    pub fn state_at(&self) -> (RwLockReadGuard<'_, StateMachine>, u64) {
+        let state = self.state();
+        let index = self
+            .shared
+            .state_index
+            .load(std::sync::atomic::Ordering::Acquire);
+        (state, index)
     }
 
     /// Reads the applied state. Never hold the guard across an await.
