@@ -40,7 +40,11 @@ fn main() {
         state.execute(&Command::Put(PutRequest {
             key: format!("key/{i:08}").into_bytes(),
             value: vec![b'x'; value as usize],
-            lease: if i % 10 == 0 && leases > 0 { 1 + (i / 10) % leases } else { 0 },
+            lease: if i % 10 == 0 && leases > 0 {
+                1 + (i / 10) % leases
+            } else {
+                0
+            },
             prev_kv: false,
         }));
     }
