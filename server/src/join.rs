@@ -44,7 +44,10 @@ pub async fn check_cluster(config: &Config, opened: &Opened) -> anyhow::Result<(
         tracing::warn!(%join, "cannot reach --join to check the cluster id; resuming anyway");
         return Ok(());
     };
-    let status = client.status(pb::StatusRequest::default()).await?.into_inner();
+    let status = client
+        .status(pb::StatusRequest::default())
+        .await?
+        .into_inner();
     let theirs = status.header.map_or(0, |h| h.cluster_id);
     if theirs != recorded {
         bail!(

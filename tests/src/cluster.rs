@@ -230,12 +230,7 @@ impl Cluster {
     /// nothing else: it does not inherit the cluster's extra arguments. It
     /// talks to the others directly, not through the fault proxies. Returns
     /// once the process is spawned.
-    pub fn join(
-        &mut self,
-        id: u64,
-        via: u64,
-        extra_args: &[&str],
-    ) -> anyhow::Result<()> {
+    pub fn join(&mut self, id: u64, via: u64, extra_args: &[&str]) -> anyhow::Result<()> {
         if self.members.contains_key(&id) {
             bail!("member {id} already exists in the harness");
         }

@@ -123,15 +123,30 @@ async fn join_promote_remove_and_transfer_while_serving() -> anyhow::Result<()> 
     // Refusals leave the cluster as it is.
     let before = members(&client).await?;
     let refusals = [
-        (client.member_add(2, "127.0.0.1:1", "", false).await.err(), Code::AlreadyExists),
-        (client.member_add(1, "127.0.0.1:1", "", false).await.err(), Code::FailedPrecondition),
-        (client.member_promote(2).await.err(), Code::FailedPrecondition),
+        (
+            client.member_add(2, "127.0.0.1:1", "", false).await.err(),
+            Code::AlreadyExists,
+        ),
+        (
+            client.member_add(1, "127.0.0.1:1", "", false).await.err(),
+            Code::FailedPrecondition,
+        ),
+        (
+            client.member_promote(2).await.err(),
+            Code::FailedPrecondition,
+        ),
         (client.member_remove(99).await.err(), Code::NotFound),
-        (client.member_add(5, "no-port", "", false).await.err(), Code::InvalidArgument),
+        (
+            client.member_add(5, "no-port", "", false).await.err(),
+            Code::InvalidArgument,
+        ),
     ];
     for (i, (error, code)) in refusals.into_iter().enumerate() {
         let error = error.with_context(|| format!("refusal {i} was accepted"))?;
-        ensure!(error.code() == code, "refusal {i}: {error} (wanted {code:?})");
+        ensure!(
+            error.code() == code,
+            "refusal {i}: {error} (wanted {code:?})"
+        );
     }
     ensure!(members(&client).await? == before);
 
@@ -155,10 +170,7 @@ async fn join_promote_remove_and_transfer_while_serving() -> anyhow::Result<()> 
         "a fencing token went down: {tokens:?}"
     );
     println!("lock calls that failed with an unknown outcome: {failures:?}");
-    let ttl = client
-        .lease_time_to_live(lease, false)
-        .await?
-        .ttl;
+    let ttl = client.lease_time_to_live(lease, false).await?.ttl;
     ensure!(ttl > 0, "lease {lease} expired (ttl {ttl})");
     session.close().await?;
 
@@ -169,7 +181,9 @@ async fn join_promote_remove_and_transfer_while_serving() -> anyhow::Result<()> 
         digests.push((s.member_id, s.applied_index, s.state_digest));
     }
     ensure!(
-        digests.windows(2).all(|w| (w[0].1, w[0].2) == (w[1].1, w[1].2)),
+        digests
+            .windows(2)
+            .all(|w| (w[0].1, w[0].2) == (w[1].1, w[1].2)),
         "members 2, 3 and 4 differ: {digests:?}"
     );
     let new_member = ClientConfig::new([cluster.endpoint(4)]).build()?;
@@ -205,8 +219,8 @@ async fn join_promote_remove_and_transfer_while_serving() -> anyhow::Result<()> 
 async fn one_change_at_a_time_and_no_removing_the_last_voter() -> anyhow::Result<()> {
     // A long election timeout keeps the leader leading while its followers
     // are paused, so a change stays in flight.
-    let cluster = Cluster::start_with(ClusterConfig::new(3).args(["--election-ticks", "600"]))
-        .await?;
+    let cluster =
+        Cluster::start_with(ClusterConfig::new(3).args(["--election-ticks", "600"])).await?;
     let leader = cluster.wait_for_leader(TIMEOUT).await?;
     let followers: Vec<u64> = cluster.ids().filter(|&id| id != leader).collect();
     for &id in &followers {
@@ -235,7 +249,10 @@ async fn one_change_at_a_time_and_no_removing_the_last_voter() -> anyhow::Result
     wait_for(TIMEOUT, "the first change to be applied", || async {
         let list = members(&client).await?;
         ensure!(list.contains(&(7, true)), "members: {list:?}");
-        ensure!(!list.iter().any(|m| m.0 == 8), "member 8 was added: {list:?}");
+        ensure!(
+            !list.iter().any(|m| m.0 == 8),
+            "member 8 was added: {list:?}"
+        );
         Ok(())
     })
     .await?;

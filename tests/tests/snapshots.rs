@@ -128,15 +128,19 @@ fn check_log_bound(statuses: &[StatusResponse], interval: u64, tail: u64) -> any
 async fn wait_snapshots(cluster: &Cluster, index: u64) -> anyhow::Result<()> {
     let live: Vec<u64> = cluster.ids().filter(|&id| cluster.is_live(id)).collect();
     for id in live {
-        wait_for(TIMEOUT, &format!("member {id} to snapshot past {index}"), || async {
-            let status = cluster.status(id).await?;
-            ensure!(
-                status.snapshot_index > index,
-                "snapshot index {}",
-                status.snapshot_index
-            );
-            Ok(())
-        })
+        wait_for(
+            TIMEOUT,
+            &format!("member {id} to snapshot past {index}"),
+            || async {
+                let status = cluster.status(id).await?;
+                ensure!(
+                    status.snapshot_index > index,
+                    "snapshot index {}",
+                    status.snapshot_index
+                );
+                Ok(())
+            },
+        )
         .await?;
     }
     Ok(())
@@ -231,8 +235,8 @@ async fn log_stays_bounded_and_a_member_down_for_50k_writes_catches_up_by_snapsh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_follower_killed_while_installing_a_snapshot_comes_back_consistent()
--> anyhow::Result<()> {
+async fn a_follower_killed_while_installing_a_snapshot_comes_back_consistent() -> anyhow::Result<()>
+{
     let cluster = Cluster::start_with(ClusterConfig::new(3).args([
         "--snapshot-interval",
         "1000",
@@ -263,7 +267,10 @@ async fn a_follower_killed_while_installing_a_snapshot_comes_back_consistent()
             client.put("tick", "t").await?;
             let leader = cluster.wait_for_leader(TIMEOUT).await?;
             let first = cluster.status(leader).await?.first_index;
-            ensure!(first > had + 1, "leader's first index {first}, member 3 had {had}");
+            ensure!(
+                first > had + 1,
+                "leader's first index {first}, member 3 had {had}"
+            );
             Ok(())
         })
         .await?;
