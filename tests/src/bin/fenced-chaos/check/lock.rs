@@ -214,7 +214,9 @@ fn check_stale_uses(lock: &str, grants: &[Grant<'_>], verdict: &mut Verdict) {
     let (mut stale, mut paused, mut refused) = (0, 0, 0);
     for grant in grants {
         for op in &grant.uses {
-            let Call::ResourceWrite { alive_until, .. } = op.call else {
+            let (Call::ResourceRead { alive_until, .. } | Call::ResourceWrite { alive_until, .. }) =
+                op.call
+            else {
                 continue;
             };
             if op.invoke <= alive_until {
@@ -235,9 +237,9 @@ fn check_stale_uses(lock: &str, grants: &[Grant<'_>], verdict: &mut Verdict) {
     }
     if stale > 0 {
         verdict.notes.push(format!(
-            "lock {lock}: {stale} resource writes came after the holder's lease ran out \
-             ({paused} after a client pause); the fenced resource refused {refused} of them \
-             (the others came before any newer holder wrote)"
+            "lock {lock}: {stale} resource reads or writes came after the holder's lease ran \
+             out ({paused} after a client pause); the fenced resource refused {refused} of them \
+             (the others came before any newer holder used the resource)"
         ));
     }
 }
