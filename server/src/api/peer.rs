@@ -94,7 +94,8 @@ impl Peer for PeerService {
             )));
         }
         let total = first.total_bytes as usize;
-        let mut data = Vec::with_capacity(total);
+        // Grown as chunks arrive: an announced size is not memory to reserve.
+        let mut data = Vec::with_capacity(total.min(64 * 1024 * 1024));
         data.extend_from_slice(&first.data);
         while let Some(chunk) = stream.message().await? {
             if data.len() + chunk.data.len() > total {

@@ -90,8 +90,12 @@ pub fn open(config: &Config) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create --data-dir {}", config.data_dir.display()))?;
     let db_dir = config.data_dir.join("db");
-    let storage = FjallStorage::open(&db_dir)
-        .with_context(|| format!("cannot open the raft storage in {}", db_dir.display()))?;
+    let storage = FjallStorage::open(&db_dir).with_context(|| {
+        format!(
+            "cannot open the raft storage in {} (is another fenced running on this --data-dir?)",
+            db_dir.display()
+        )
+    })?;
     let meta = storage
         .database()
         .keyspace("member", KeyspaceCreateOptions::default)?;
