@@ -265,10 +265,11 @@ impl Lessor {
                 metrics::counter!("fenced_lease_expiries_proposed_total")
                     .increment(expire.len() as u64);
                 tracing::debug!(leases = ?expire, "proposing lease expiry");
-                self.propose(Command::LeaseExpire { ids: expire });
+                // With the term: void if a successor appends it.
+                self.propose(Command::LeaseExpireInTerm { ids: expire, term });
             }
             for (name, since) in ends {
-                self.propose(Command::LockDelayEnd { name, since });
+                self.propose(Command::LockDelayEndInTerm { name, since, term });
             }
         }
     }

@@ -57,9 +57,9 @@ impl From<ApplyError> for Status {
             | ApplyError::LockConflict(_)
             | ApplyError::AmbiguousToken { .. } => Status::invalid_argument(message),
             ApplyError::LockBusy { .. } => Status::deadline_exceeded(message),
-            ApplyError::StaleToken { .. } | ApplyError::NotLeader { .. } => {
-                Status::failed_precondition(message)
-            }
+            ApplyError::StaleToken { .. }
+            | ApplyError::NotLeader { .. }
+            | ApplyError::StaleLeaderCommand { .. } => Status::failed_precondition(message),
         }
     }
 }

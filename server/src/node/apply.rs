@@ -165,7 +165,7 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> (Vec<(u64, LockChange)>, b
             envelope.command,
             Command::MemberChange(_) | Command::MemberPublish { .. }
         );
-        let output = state.execute(&envelope.command);
+        let output = state.execute_entry(&envelope.command, entry.term);
         if !output.events.is_empty() {
             shared.watch.append(state.revision(), output.events);
         }

@@ -153,6 +153,27 @@ pub enum Command {
         /// Its client address.
         client_addr: String,
     },
+    /// `LeaseExpire` as proposed by the leader of `term`. Applied only from
+    /// an entry of that term ([`StateMachine::execute_entry`]): a deposed
+    /// leader (paused, say) whose clock says every lease is overdue must not
+    /// end leases its successor keeps alive, and raft-rs forwards a
+    /// follower's proposals to the new leader, which appends them in its
+    /// own, higher term.
+    LeaseExpireInTerm {
+        /// The leases.
+        ids: Vec<i64>,
+        /// The proposing leader's term.
+        term: u64,
+    },
+    /// `LockDelayEnd` as proposed by the leader of `term`; same rule.
+    LockDelayEndInTerm {
+        /// Lock name.
+        name: String,
+        /// The delay's start revision.
+        since: i64,
+        /// The proposing leader's term.
+        term: u64,
+    },
 }
 
 /// Write one key.
@@ -377,6 +398,16 @@ pub enum ApplyError {
         /// The token.
         token: i64,
     },
+    /// A leader-only command proposed in an older term than its entry's.
+    #[error(
+        "a command the leader of term {proposed} proposed was appended in term {entry}; it is void"
+    )]
+    StaleLeaderCommand {
+        /// The proposing leader's term.
+        proposed: u64,
+        /// The entry's term.
+        entry: u64,
+    },
     /// A release by token alone matched several shared holders.
     #[error("token {token} of lock {name:?} is shared by {holders} holders; pass the lease too")]
     AmbiguousToken {
@@ -566,6 +597,26 @@ impl StateMachine {
         (output.response, output.events)
     }
 
+    /// Applies the command of a committed entry of term `entry_term`.
+    /// Leader-only commands of another term change nothing.
+    pub fn execute_entry(&mut self, command: &Command, entry_term: u64) -> Output {
+        match command {
+            Command::LeaseExpireInTerm { term, .. } | Command::LockDelayEndInTerm { term, .. }
+                if *term != entry_term =>
+            {
+                Output {
+                    response: Response::Error(ApplyError::StaleLeaderCommand {
+                        proposed: *term,
+                        entry: entry_term,
+                    }),
+                    events: Vec::new(),
+                    locks: Vec::new(),
+                }
+            }
+            _ => self.execute(command),
+        }
+    }
+
     /// Applies one committed command. Never panics.
     pub fn execute(&mut self, command: &Command) -> Output {
         let mut events = Vec::new();
@@ -644,7 +695,7 @@ impl StateMachine {
                     revision: w.kv.revision(),
                 }
             }
-            Command::LeaseExpire { ids } => {
+            Command::LeaseExpire { ids } | Command::LeaseExpireInTerm { ids, .. } => {
                 let expired = end_leases(
                     &mut self.leases,
                     &mut self.locks,
@@ -678,7 +729,8 @@ impl StateMachine {
                 w.finish();
                 Response::LockCancel(outcome)
             }
-            Command::LockDelayEnd { name, since } => {
+            Command::LockDelayEnd { name, since }
+            | Command::LockDelayEndInTerm { name, since, .. } => {
                 let ended = self.locks.end_delay(name, *since, &self.leases, &mut w);
                 w.finish();
                 Response::LockDelayEnd(ended)

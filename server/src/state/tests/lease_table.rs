@@ -403,3 +403,47 @@ fn digest_covers_leases() {
 
 const ONE_LEASE_DIGEST: u64 = 0x8c88_86d8_28d5_114e;
 const REVOKED_DIGEST: u64 = 0x1a2e_f4d1_338c_71e4;
+
+/// A deposed leader's expiry, appended by its successor in a later term,
+/// ends nothing; the same command in its own term ends the lease.
+#[test]
+fn a_leader_command_from_an_older_term_is_void() {
+    let mut state = StateMachine::new();
+    state.execute(&Command::LeaseGrant { id: 0, ttl: 10 });
+    state.execute(&Command::Put(PutRequest {
+        lease: 1,
+        ..put_req("held", "v")
+    }));
+    let stale = Command::LeaseExpireInTerm {
+        ids: vec![1],
+        term: 3,
+    };
+    let output = state.execute_entry(&stale, 4);
+    assert_eq!(
+        output.response,
+        Response::Error(ApplyError::StaleLeaderCommand {
+            proposed: 3,
+            entry: 4
+        })
+    );
+    assert!(output.events.is_empty());
+    assert!(state.leases().contains(1), "a stale expiry ended the lease");
+    let delay = Command::LockDelayEndInTerm {
+        name: "l".into(),
+        since: 1,
+        term: 3,
+    };
+    assert!(matches!(
+        state.execute_entry(&delay, 5).response,
+        Response::Error(ApplyError::StaleLeaderCommand { .. })
+    ));
+
+    let current = state.execute_entry(&stale, 3);
+    assert!(
+        matches!(current.response, Response::LeaseExpire { ref expired, .. } if expired == &[1]),
+        "{:?}",
+        current.response
+    );
+    assert!(!state.leases().contains(1));
+    assert_eq!(current.events.len(), 1, "the attached key is deleted");
+}

@@ -948,8 +948,12 @@ impl Model {
                 }
                 Ok(txn_ok(self.revision, holds, responses))
             }
-            // The model does not generate member commands.
-            Command::MemberChange(_) | Command::MemberPublish { .. } => Ok(Response::Members),
+            // The model does not generate member commands or the leader's
+            // term-stamped ones.
+            Command::MemberChange(_)
+            | Command::MemberPublish { .. }
+            | Command::LeaseExpireInTerm { .. }
+            | Command::LockDelayEndInTerm { .. } => Ok(Response::Members),
         }
     }
 
