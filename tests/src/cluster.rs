@@ -234,18 +234,47 @@ impl Cluster {
         if self.members.contains_key(&id) {
             bail!("member {id} already exists in the harness");
         }
+        let member = self.start_joiner(id, via, extra_args, &[])?;
+        self.members.insert(id, member);
+        Ok(())
+    }
+
+    /// Like [`Cluster::join`], but the new member is not part of this
+    /// `Cluster` (whose other methods keep meaning the members it started
+    /// with): the caller owns it, and dropping the [`Joiner`] kills it.
+    /// For a nemesis that adds and removes members while the cluster is
+    /// shared.
+    pub fn spawn_joiner(
+        &self,
+        id: u64,
+        via: u64,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Joiner> {
+        self.start_joiner(id, via, extra_args, env).map(Joiner)
+    }
+
+    fn start_joiner(
+        &self,
+        id: u64,
+        via: u64,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Member> {
         let spec = MemberSpec {
             id,
             client_addr: free_loopback_addr(),
             peer_addr: free_loopback_addr(),
             bootstrap: ["--join".into(), self.endpoint(via)],
             extra_args: extra_args.iter().map(OsString::from).collect(),
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(key, value)| (OsString::from(key), OsString::from(value)))
+                .collect(),
         };
         let member = Member::new(spec).context("creating a member directory")?;
         member.start()?;
-        self.members.insert(id, member);
-        Ok(())
+        Ok(member)
     }
 
     /// Crashes member `id` (SIGKILL) and waits until it has exited.
@@ -496,6 +525,40 @@ impl Drop for Cluster {
         if !keep {
             eprintln!("(set {KEEP_FILES_VAR}=1 to keep the members' data dirs and logs)");
         }
+    }
+}
+
+/// A member started with [`Cluster::spawn_joiner`], owned by the caller.
+/// Dropping it kills the process and deletes its files.
+#[derive(Debug)]
+pub struct Joiner(Member);
+
+impl Joiner {
+    /// Its member id.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// Its client address, `127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        self.0.client_addr.to_string()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, if it
+    /// did.
+    pub async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        self.0.wait_exit(timeout).await
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.0.log_tail(lines)
+    }
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        self.0.kill_and_reap();
     }
 }
 

@@ -52,7 +52,7 @@ mod proxy;
 mod wait;
 
 pub use binaries::{fencectl_bin, fenced_bin};
-pub use cluster::{Cluster, ClusterConfig};
+pub use cluster::{Cluster, ClusterConfig, Joiner};
 pub use converge::Contents;
 pub use history::History;
 pub use proxy::PeerNetwork;

@@ -170,6 +170,9 @@ impl Driver {
                 } else if is_leader {
                     let index = self.raw.raft.raft_log.last_index();
                     self.shared.proposals.expect_at(index, seq);
+                } else {
+                    let leader = self.raw.raft.leader_id;
+                    self.shared.proposals.forwarded_to(seq, leader);
                 }
             }
             DriverMsg::Step(msg) => {
@@ -400,6 +403,13 @@ impl Driver {
                 "raft role changed"
             );
             metrics::counter!("fenced_raft_role_changes_total").increment(1);
+            let orphaned = self.shared.proposals.on_leader_change(soft.leader_id);
+            if orphaned > 0 {
+                tracing::info!(
+                    orphaned,
+                    "forwarded proposals answered UNAVAILABLE: their leader lost leadership"
+                );
+            }
         }
         let persisted = ready.take_persisted_messages();
         self.send(persisted);

@@ -67,6 +67,12 @@ pub struct Proposals {
     /// after a leader change and will never commit: its waiter is answered
     /// ABORTED at once instead of waiting for its deadline.
     expected: DashMap<u64, u64>,
+    /// Seq → the leader a proposal was forwarded to (this member was a
+    /// follower when it proposed). When this member sees the leadership
+    /// move away from that leader, the proposal may be lost with it or may
+    /// still commit: its waiter is answered at once with an
+    /// unknown-outcome UNAVAILABLE instead of waiting for its deadline.
+    forwarded: DashMap<u64, u64>,
 }
 
 impl Proposals {
@@ -78,6 +84,7 @@ impl Proposals {
             next_seq: AtomicU64::new(1),
             waiters: DashMap::new(),
             expected: DashMap::new(),
+            forwarded: DashMap::new(),
         }
     }
 
@@ -106,6 +113,9 @@ impl Proposals {
 
     /// Answers and forgets the waiter of `seq`, if it still waits.
     pub fn complete(&self, seq: u64, result: Result<Applied, NodeError>) {
+        if !self.forwarded.is_empty() {
+            self.forwarded.remove(&seq);
+        }
         if let Some((_, tx)) = self.waiters.remove(&seq) {
             // The client may have given up already; nothing to do then.
             let _ = tx.send(result);
@@ -140,9 +150,43 @@ impl Proposals {
         }
     }
 
+    /// Records that proposal `seq` was handed to raft while `leader` led
+    /// and this member did not: raft forwards it there.
+    pub fn forwarded_to(&self, seq: u64, leader: u64) {
+        self.forwarded.insert(seq, leader);
+    }
+
+    /// Called when this member sees `leader` lead (0: no leader known).
+    /// Proposals forwarded to another leader are answered UNAVAILABLE with
+    /// an unknown outcome: the old leader may have lost them, or a new
+    /// leader may still commit them, and nothing here can tell which
+    /// before the request's deadline. Returns how many were answered.
+    pub fn on_leader_change(&self, leader: u64) -> usize {
+        if self.forwarded.is_empty() {
+            return 0;
+        }
+        let orphaned: Vec<(u64, u64)> = self
+            .forwarded
+            .iter()
+            .filter(|entry| *entry.value() != leader)
+            .map(|entry| (*entry.key(), *entry.value()))
+            .collect();
+        for &(seq, old) in &orphaned {
+            self.complete(
+                seq,
+                Err(NodeError::Unavailable(format!(
+                    "the leadership moved away from member {old} while this write was \
+                     forwarded to it; its outcome is unknown"
+                ))),
+            );
+        }
+        orphaned.len()
+    }
+
     /// Forgets the waiter of `seq` (its request gave up).
     pub fn forget(&self, seq: u64) {
         self.waiters.remove(&seq);
+        self.forwarded.remove(&seq);
     }
 
     /// Fails every waiter (shutdown).
@@ -213,6 +257,32 @@ mod tests {
         );
         assert!(p.expected.is_empty());
         let _ = data;
+    }
+
+    #[test]
+    fn forwarded_proposals_end_when_their_leader_does() {
+        let p = Proposals::new(3);
+        let (_, to_1, mut rx_1) = p.register(put());
+        let (_, to_2, mut rx_2) = p.register(put());
+        let (_, local, mut rx_local) = p.register(put());
+        p.forwarded_to(to_1, 1);
+        p.forwarded_to(to_2, 2);
+        assert_eq!(p.on_leader_change(1), 1, "only the one sent to member 2");
+        assert!(rx_1.try_recv().is_err(), "still waits: its leader leads");
+        match rx_2.try_recv() {
+            Ok(Err(NodeError::Unavailable(m))) => {
+                assert!(m.contains("member 2") && m.contains("unknown"), "{m}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // An answered proposal is not answered again at the next change.
+        p.complete(to_1, Err(NodeError::Aborted("x".into())));
+        assert_eq!(p.on_leader_change(0), 0);
+        assert!(matches!(rx_1.try_recv(), Ok(Err(NodeError::Aborted(_)))));
+        assert!(rx_local.try_recv().is_err(), "not forwarded: left alone");
+        assert_eq!(p.len(), 1);
+        p.forget(local);
+        assert!(p.is_empty());
     }
 
     #[test]

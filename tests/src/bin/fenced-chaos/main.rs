@@ -194,12 +194,6 @@ async fn run(
             false => "",
         }
     );
-    if nemeses.contains(&NemesisKind::Member) {
-        println!(
-            "  note: the member nemesis is not implemented yet (membership changes are being \
-             built); it injects no fault"
-        );
-    }
     let spec = ScheduleSpec {
         seed,
         kinds: nemeses.clone(),
@@ -218,7 +212,7 @@ async fn run(
     // Members log warnings only, unless FENCED_CHAOS_MEMBER_LOG asks for
     // more (a tracing filter, e.g. `info,fenced_server::lessor=debug`).
     let member_log = std::env::var("FENCED_CHAOS_MEMBER_LOG").unwrap_or_else(|_| "warn".into());
-    let mut config = ClusterConfig::new(MEMBERS).env("RUST_LOG", member_log);
+    let mut config = ClusterConfig::new(MEMBERS).env("RUST_LOG", &member_log);
     if args.unsafe_local_reads {
         println!("  note: members run with --unsafe-local-reads (stale reads on purpose)");
         config = config.arg("--unsafe-local-reads");
@@ -271,7 +265,13 @@ async fn run(
         false => Vec::new(),
     };
 
-    let nemesis = Nemesis::new(cluster.clone(), recorder.clone(), pauses);
+    let nemesis = Nemesis::new(
+        cluster.clone(),
+        recorder.clone(),
+        pauses,
+        MEMBERS + 1,
+        member_log,
+    );
     let deadline = start + duration;
     tokio::select! {
         () = nemesis.run(start, &steps) => tokio::time::sleep_until(deadline).await,

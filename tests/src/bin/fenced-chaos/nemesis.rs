@@ -5,18 +5,20 @@
 //! Targets that only exist at run time ("the leader") are resolved when the
 //! fault starts, and the fault log records what they resolved to.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use fenced_tests::Cluster;
+use fenced_tests::{Cluster, Joiner, wait_for};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
 use tokio::time::Instant;
+use tonic::Code;
 
 use crate::record::{Recorder, secs};
 
@@ -31,7 +33,9 @@ pub(crate) enum NemesisKind {
     /// SIGSTOP/SIGCONT of members, and client pauses of lock holders and
     /// leaders.
     Pause,
-    /// Membership changes. Not implemented yet: see [`member_fault`].
+    /// Membership changes: a new member joins (from a snapshot, while the
+    /// workloads run), becomes a voter, sometimes the leader, and is
+    /// removed again.
     Member,
 }
 
@@ -56,6 +60,13 @@ pub(crate) enum Fault {
     /// The next lock holder or leader to reach its pause point freezes for
     /// the hold (longer than its lease) before using its token.
     ClientPause,
+    /// A new member joins through the leader (`fenced --join`: added as a
+    /// learner, catches up by snapshot, promoted automatically); with
+    /// `lead`, leadership is then moved to it. At the end of the hold it is
+    /// removed (with `lead`: the leader is removed, which moves leadership
+    /// away first) and must exit 0. The original five members keep their
+    /// ids; a member id is never used twice.
+    MemberChurn { lead: bool },
 }
 
 /// A fault and when it starts and how long it lasts.
@@ -99,6 +110,10 @@ impl fmt::Display for Fault {
             Fault::Kill { member } => write!(f, "SIGKILL {}, then restart", target(member)),
             Fault::Pause { member } => write!(f, "SIGSTOP {}, then SIGCONT", target(member)),
             Fault::ClientPause => write!(f, "pause a client holding a lock or leadership"),
+            Fault::MemberChurn { lead: false } => write!(f, "add a member, then remove it"),
+            Fault::MemberChurn { lead: true } => {
+                write!(f, "add a member, make it the leader, then remove it")
+            }
         }
     }
 }
@@ -184,6 +199,14 @@ pub(crate) fn schedule(spec: &ScheduleSpec) -> Vec<Step> {
                 Fault::ClientPause,
                 spec.lease_ttl + secs_between(&mut rng, 1.0, 3.0),
             ),
+            "member-churn" => (
+                Fault::MemberChurn { lead: false },
+                secs_between(&mut rng, 3.0, 8.0),
+            ),
+            "member-churn-leader" => (
+                Fault::MemberChurn { lead: true },
+                secs_between(&mut rng, 3.0, 8.0),
+            ),
             other => unreachable!("unknown fault choice {other}"),
         };
         if at + hold > end {
@@ -195,17 +218,15 @@ pub(crate) fn schedule(spec: &ScheduleSpec) -> Vec<Step> {
     steps
 }
 
-/// The hook for membership faults (adding a member, removing one, removing
-/// the leader, replacing a member's data dir). Membership changes are being
-/// built right now; until `Cluster` can add and remove members this
-/// schedules nothing, and `--nemesis member` is accepted but injects no
-/// fault (the run says so at the start).
-// TODO(membership): return choices such as "add-member", "remove-member",
-// "remove-leader" and apply them in `Nemesis::apply` once the harness has
-// `Cluster::add_member` / `Cluster::remove_member`.
+/// The membership faults. The schedule reserves only the hold; joining
+/// (which takes a snapshot install and a promotion) happens before it.
 pub(crate) fn member_fault() -> Vec<&'static str> {
-    Vec::new()
+    vec!["member-churn", "member-churn-leader"]
 }
+
+/// How long a joining member may take to become a voter, and a removal to
+/// be accepted.
+const MEMBER_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn secs_between(rng: &mut StdRng, low: f64, high: f64) -> Duration {
     Duration::from_secs_f64(rng.random_range(low..high))
@@ -247,7 +268,7 @@ pub(crate) struct FaultRecord {
     /// ns since the start.
     pub(crate) start: u64,
     pub(crate) end: Option<u64>,
-    /// `partition`, `kill`, `pause` or `client-pause`.
+    /// `partition`, `kill`, `pause`, `client-pause` or `member`.
     pub(crate) kind: &'static str,
     /// What was done, with the leader resolved.
     pub(crate) description: String,
@@ -274,6 +295,12 @@ pub(crate) struct Nemesis {
     /// Members this nemesis stopped or killed and has not brought back.
     stopped: Mutex<BTreeSet<u64>>,
     killed: Mutex<BTreeSet<u64>>,
+    /// Members the nemesis added and has not removed yet.
+    joiners: Mutex<BTreeMap<u64, Joiner>>,
+    /// The id the next added member gets.
+    next_member: AtomicU64,
+    /// `RUST_LOG` of added members, as for the others.
+    member_log: String,
     log: Mutex<Vec<FaultRecord>>,
 }
 
@@ -282,6 +309,8 @@ impl Nemesis {
         cluster: Arc<Cluster>,
         recorder: Arc<Recorder>,
         pauses: Arc<ClientPauses>,
+        first_new_member: u64,
+        member_log: String,
     ) -> Nemesis {
         Nemesis {
             cluster,
@@ -289,6 +318,9 @@ impl Nemesis {
             pauses,
             stopped: Mutex::default(),
             killed: Mutex::default(),
+            joiners: Mutex::default(),
+            next_member: AtomicU64::new(first_new_member),
+            member_log,
             log: Mutex::default(),
         }
     }
@@ -305,7 +337,7 @@ impl Nemesis {
     }
 
     /// Undoes whatever is still in effect: heals the network, resumes
-    /// stopped members, restarts killed ones.
+    /// stopped members, restarts killed ones, removes added ones.
     pub(crate) async fn heal(&self) {
         self.cluster.heal_all();
         let stopped: Vec<u64> = std::mem::take(&mut *lock(&self.stopped))
@@ -323,6 +355,9 @@ impl Nemesis {
             if let Err(err) = self.cluster.restart(id) {
                 eprintln!("nemesis: restarting member {id} at the end: {err:#}");
             }
+        }
+        if let Err(err) = self.remove_joiners().await {
+            eprintln!("nemesis: removing added members at the end: {err:#}");
         }
         let untaken = self.pauses.clear();
         let now = self.recorder.now();
@@ -381,6 +416,7 @@ impl Nemesis {
                     }
                 }
                 Fault::ClientPause => {}
+                Fault::MemberChurn { .. } => self.remove_joiners().await?,
             }
             Ok(())
         }
@@ -457,8 +493,97 @@ impl Nemesis {
                     ),
                 )
             }
+            Fault::MemberChurn { lead } => ("member", self.add_member(*lead).await?),
         };
         Ok(done)
+    }
+
+    /// Starts a new member that joins through the leader, waits until it
+    /// is a voter, and with `lead` moves leadership to it. Returns what
+    /// happened; a slow promotion or a refused transfer is reported, not an
+    /// error (the member stays and is removed at the end of the hold).
+    async fn add_member(&self, lead: bool) -> anyhow::Result<String> {
+        let id = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let via = self.leader().await;
+        let env = [("RUST_LOG", self.member_log.as_str())];
+        let joiner = self.cluster.spawn_joiner(id, via, &[], &env)?;
+        lock(&self.joiners).insert(id, joiner);
+        let started = Instant::now();
+        let client = self.cluster.client();
+        let voter = wait_for(
+            MEMBER_CHANGE_TIMEOUT,
+            "the new member to be a voter",
+            || {
+                let client = client.clone();
+                async move {
+                    let list = client.member_list().await.map_err(|err| err.to_string())?;
+                    match list.members.iter().find(|m| m.id == id) {
+                        Some(m) if !m.learner => Ok(()),
+                        Some(_) => Err(format!("member {id} is still a learner")),
+                        None => Err(format!("member {id} is not in the member list yet")),
+                    }
+                }
+            },
+        )
+        .await;
+        let mut text = format!("member {id} joined through member {via}");
+        match voter {
+            Ok(()) => text += &format!(", a voter after {:.1}s", started.elapsed().as_secs_f64()),
+            Err(err) => return Ok(format!("{text}; not a voter: {err:#}")),
+        }
+        if lead {
+            match client.transfer_leader(id).await {
+                Ok(_) => text += &format!(", then the leader (was {via})"),
+                Err(err) => text += &format!("; leadership not moved to it: {err}"),
+            }
+        }
+        Ok(text)
+    }
+
+    /// Removes every member this nemesis added (retrying while another
+    /// change is in flight or there is no leader) and waits until each has
+    /// exited; a removed member must exit 0.
+    async fn remove_joiners(&self) -> anyhow::Result<()> {
+        let joiners: Vec<Joiner> = std::mem::take(&mut *lock(&self.joiners))
+            .into_values()
+            .collect();
+        let client = self.cluster.client();
+        let mut problems = Vec::new();
+        for joiner in joiners {
+            let id = joiner.id();
+            let removed = wait_for(MEMBER_CHANGE_TIMEOUT, "the removal to be accepted", || {
+                let client = client.clone();
+                async move {
+                    match client.member_remove(id).await {
+                        Ok(_) => Ok(()),
+                        // Already gone: an earlier attempt whose answer was
+                        // lost did it.
+                        Err(err) if err.code() == Code::NotFound => Ok(()),
+                        Err(err) => Err(err.to_string()),
+                    }
+                }
+            })
+            .await;
+            if let Err(err) = removed {
+                problems.push(format!("member {id} not removed: {err:#}"));
+                continue;
+            }
+            match joiner.wait_exit(Duration::from_secs(15)).await {
+                Some(status) if status.success() => println!(
+                    "{:>10} nemesis: member {id} removed; it exited 0",
+                    secs(self.recorder.now())
+                ),
+                Some(status) => problems.push(format!(
+                    "removed member {id} exited with {status}; its log ends:\n{}",
+                    joiner.log_tail(20)
+                )),
+                None => problems.push(format!("removed member {id} did not exit within 15 s")),
+            }
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!(problems.join("\n"))),
+        }
     }
 
     /// The member a fault targets: the given one, or the leader.
@@ -537,7 +662,16 @@ mod tests {
     }
 
     #[test]
-    fn member_faults_are_not_scheduled_yet() {
-        assert!(schedule(&spec(1, &[NemesisKind::Member])).is_empty());
+    fn member_faults_add_and_remove_members() {
+        let steps = schedule(&spec(1, &[NemesisKind::Member]));
+        assert!(steps.len() > 3, "{steps:?}");
+        for step in &steps {
+            assert!(matches!(step.fault, Fault::MemberChurn { .. }), "{step}");
+        }
+        let leads = steps
+            .iter()
+            .filter(|s| s.fault == Fault::MemberChurn { lead: true })
+            .count();
+        assert!(leads > 0 && leads < steps.len(), "both kinds: {steps:?}");
     }
 }
