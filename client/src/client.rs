@@ -2,7 +2,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -49,6 +50,31 @@ struct Inner {
     /// than a lock because concurrent requests may each move it; whichever
     /// store lands last wins, and every value is a valid index.
     current: AtomicUsize,
+    /// Finding the leader, with `prefer_leader`.
+    routing: Routing,
+}
+
+/// How often a client with `prefer_leader` looks for the leader again while
+/// it makes requests.
+const ROUTE_REFRESH: Duration = Duration::from_secs(5);
+
+/// How long the leader lookup waits for each member's `Status`.
+const ROUTE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// When the leader was last looked up, and whether a lookup is running.
+#[derive(Debug, Default)]
+struct Routing {
+    /// `None`: look it up at the next request.
+    next_lookup: Mutex<Option<Instant>>,
+    looking: AtomicBool,
+}
+
+impl Routing {
+    fn next_lookup(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.next_lookup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Client {
@@ -77,6 +103,7 @@ impl Client {
                 config,
                 members,
                 current: AtomicUsize::new(0),
+                routing: Routing::default(),
             }),
         })
     }
@@ -280,6 +307,73 @@ impl Client {
         .await
     }
 
+    // ------------------------------------------------------------ routing
+
+    /// With `prefer_leader`, starts a background lookup of the leader when
+    /// one is due and none is running. Never waits.
+    fn route(&self) {
+        let inner = &self.inner;
+        if !inner.config.prefer_leader || inner.members.len() < 2 {
+            return;
+        }
+        if inner
+            .routing
+            .next_lookup()
+            .is_some_and(|at| Instant::now() < at)
+        {
+            return;
+        }
+        if inner.routing.looking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            inner.routing.looking.store(false, Ordering::Release);
+            return;
+        };
+        let client = self.clone();
+        runtime.spawn(async move {
+            let found = client.find_leader().await;
+            let inner = &client.inner;
+            let retry_in = match found {
+                Some(index) => {
+                    inner.current.store(index, Ordering::Relaxed);
+                    ROUTE_REFRESH
+                }
+                // No member leads right now (an election): look again soon.
+                None => ROUTE_STATUS_TIMEOUT,
+            };
+            *inner.routing.next_lookup() = Some(Instant::now() + retry_in);
+            inner.routing.looking.store(false, Ordering::Release);
+        });
+    }
+
+    /// Asks every endpoint for its status and returns the index of the one
+    /// that says it leads (in the highest term, should a deposed leader not
+    /// know yet).
+    async fn find_leader(&self) -> Option<usize> {
+        let asks = self
+            .inner
+            .members
+            .iter()
+            .enumerate()
+            .map(|(index, member)| {
+                let request = with_timeout(StatusRequest::default(), ROUTE_STATUS_TIMEOUT);
+                async move {
+                    let mut cluster = ClusterClient::new(member.channel());
+                    let answer =
+                        attempt(&member.name, ROUTE_STATUS_TIMEOUT, cluster.status(request));
+                    (index, answer.await)
+                }
+            });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|(index, answer)| answer.ok().map(|status| (index, status)))
+            .filter(|(_, status)| status.leader != 0 && status.leader == status.member_id)
+            .max_by_key(|(_, status)| status.raft_term)
+            .map(|(index, _)| index)
+    }
+
     // ------------------------------------------------------------ retry loop
 
     fn current_index(&self) -> usize {
@@ -336,6 +430,7 @@ impl Client {
         let config = &self.inner.config;
         let members = &self.inner.members;
         let deadline = Instant::now() + timeout;
+        self.route();
         let mut index = self.current_index();
         let mut backoff = config.backoff_initial;
         let mut attempts = 0;
@@ -358,6 +453,9 @@ impl Client {
                 self.inner
                     .current
                     .store((index + 1) % members.len(), Ordering::Relaxed);
+                if config.prefer_leader {
+                    *self.inner.routing.next_lookup() = None;
+                }
             }
             if timed_out && out_of_time {
                 return Err(self.deadline_error(timeout, attempts, &member.name, &status));

@@ -51,6 +51,9 @@ pub struct ClientConfig {
     /// taking it back before it ends with an error; `None`: the request
     /// timeout.
     pub(crate) reconnect_timeout: Option<Duration>,
+    /// Whether requests go to the leader's endpoint once the client has
+    /// found it (off by default).
+    pub(crate) prefer_leader: bool,
 }
 
 impl ClientConfig {
@@ -72,6 +75,7 @@ impl ClientConfig {
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(2),
             reconnect_timeout: None,
+            prefer_leader: false,
         }
     }
 
@@ -139,6 +143,24 @@ impl ClientConfig {
     /// instead of hidden; `Duration::MAX` keeps trying for ever.
     pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
         self.reconnect_timeout = Some(timeout);
+        self
+    }
+
+    /// Sends requests to the leader's endpoint (off by default). The client
+    /// asks every endpoint for its `Status` in the background, at the first
+    /// request, every 5 s while requests are made, and soon after a request
+    /// had to fail over, and moves its current endpoint to the member that
+    /// says it leads. Requests never wait for that lookup; until it
+    /// answers, and when no endpoint leads, they go where they would go
+    /// anyway. A write sent to a follower is forwarded to the leader
+    /// through raft and answered once the follower applied it, which costs
+    /// a round trip more than a write the leader takes itself, and every
+    /// lock hand-off through a follower waits for that follower to learn
+    /// the commit: with many lock holders, writing through the leader gives
+    /// about 1.5× the cycles per second (docs/benchmarks.md). Streams
+    /// (watches, observes, keepalives) open on the current endpoint too.
+    pub fn prefer_leader(mut self, enabled: bool) -> Self {
+        self.prefer_leader = enabled;
         self
     }
 

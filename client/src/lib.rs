@@ -3,7 +3,9 @@
 //! A [`Client`] talks gRPC to a list of fenced members. Any member serves any
 //! request (followers forward writes to the leader), so the client keeps one
 //! *current* endpoint and only moves to the next one when the current one is
-//! unreachable or says it cannot serve the request right now.
+//! unreachable or says it cannot serve the request right now. With
+//! [`ClientConfig::prefer_leader`] the current endpoint follows the leader,
+//! which saves writes and lock hand-offs the forwarding hop.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), fenced_client::Error> {

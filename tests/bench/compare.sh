@@ -278,6 +278,9 @@ done
 # over a stream of its own, closed loop. watch-N: N watchers of one key on a
 # follower, one writer at WATCH_RATE puts/s. mfail-C: C clients on C locks
 # while the leading member is SIGKILLed (run MF_KILLS times a round).
+# *-leader: fenced's connections all on the leader and fenced-client
+# following it (`--route leader`, fenced-client's `prefer_leader`); etcd
+# runs the same workload through etcd-client's balancer, as in every row.
 WORKLOADS=(
   "put-1|put --clients 1|0"
   "put-64|put --clients 64|1"
@@ -287,6 +290,9 @@ WORKLOADS=(
   "lock-1x1|lock --clients 1 --locks 1|1"
   "lock-16x16|lock --clients 16 --locks 16|0"
   "lock-64x8|lock --clients 64 --locks 8|1"
+  "put-64-leader|put --clients 64 --route leader|0"
+  "lock-1x1-leader|lock --clients 1 --locks 1 --route leader|0"
+  "lock-64x8-leader|lock --clients 64 --locks 8 --route leader|1"
   "keepalive-1|lease-keepalive --clients 1|0"
   "keepalive-64|lease-keepalive --clients 64|1"
   "watch-1|watch-latency --watchers 1 --rate $WATCH_RATE --duration $WATCH_DURATION|0"

@@ -141,3 +141,63 @@ async fn writes_through_any_member_survive_a_leader_crash_and_the_crashed_member
     }
     Ok(())
 }
+
+/// With `prefer_leader`, a client whose first endpoint is a follower moves
+/// to the leader, and after the leader is killed, to the new leader; a
+/// client without it stays on its first endpoint. Every put succeeds
+/// throughout (the kill costs retries, not errors).
+#[tokio::test]
+async fn a_client_that_prefers_the_leader_follows_it_across_a_failover() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+    let follower = cluster
+        .ids()
+        .find(|&id| id != leader)
+        .context("a follower")?;
+    // The follower first: without the preference the client would stay there.
+    let mut order = vec![cluster.endpoint(follower)];
+    order.extend(
+        cluster
+            .ids()
+            .filter(|&id| id != follower)
+            .map(|id| cluster.endpoint(id)),
+    );
+    let routed = fenced_client::ClientConfig::new(order.clone())
+        .prefer_leader(true)
+        .build()?;
+    let sticky = Client::new(order)?;
+
+    // Requests trigger the lookup; keep writing until the client has moved.
+    let follow = |expected: u64| {
+        let routed = routed.clone();
+        let endpoint = cluster.endpoint(expected);
+        async move {
+            fenced_tests::wait_for(LEADER_TIMEOUT, "the client to reach the leader", || {
+                let routed = routed.clone();
+                let endpoint = endpoint.clone();
+                async move {
+                    routed.put("routed", "x").await.map_err(|e| e.to_string())?;
+                    match routed.current_endpoint() == endpoint {
+                        true => Ok(()),
+                        false => Err(format!("still on {}", routed.current_endpoint())),
+                    }
+                }
+            })
+            .await
+        }
+    };
+    follow(leader).await?;
+    sticky.put("sticky", "x").await?;
+    assert_eq!(sticky.current_endpoint(), cluster.endpoint(follower));
+
+    cluster.kill(leader).await?;
+    let new_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+    follow(new_leader).await?;
+    let header = routed
+        .put("routed", "y")
+        .await?
+        .header
+        .context("no header")?;
+    assert_eq!(header.member_id, new_leader, "answered by the new leader");
+    Ok(())
+}

@@ -89,6 +89,13 @@ struct Args {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Simple, global = true)]
     output: Output,
+    /// fenced only (put, range, lock, member-failover): `spread` puts
+    /// connection k on endpoint k mod N (followers forward writes to the
+    /// leader); `leader` puts every connection on the member leading at the
+    /// start, and fenced-client follows the leader (`prefer_leader`). etcd
+    /// always goes through etcd-client's balancer.
+    #[arg(long, value_enum, default_value_t = Route::Spread, global = true)]
+    route: Route,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -98,6 +105,14 @@ struct Args {
 enum TargetKind {
     Fenced,
     Etcd,
+}
+
+/// Where fenced connections go; see `--route`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Route {
+    Spread,
+    Leader,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -296,11 +311,24 @@ async fn connect(args: &Args) -> anyhow::Result<Vec<Target>> {
         0 => args.clients.min(16),
         n => n,
     };
+    let (endpoints, spread) = route(args).await?;
     let mut targets = Vec::with_capacity(conns);
     for i in 0..conns {
-        targets.push(Target::connect(args.target, &args.endpoints, i).await?);
+        let index = if spread { i } else { 0 };
+        targets.push(Target::connect(args.target, &endpoints, index, args.route).await?);
     }
     Ok(targets)
+}
+
+/// The endpoints in the order connections use them, and whether
+/// connections spread over them: with `--route leader` on fenced, the
+/// leader first and no spreading.
+async fn route(args: &Args) -> anyhow::Result<(Vec<String>, bool)> {
+    if args.target == TargetKind::Etcd || args.route == Route::Spread {
+        return Ok((args.endpoints.clone(), true));
+    }
+    let endpoints = target::leader_first(&args.endpoints).await?;
+    Ok((endpoints, false))
 }
 
 /// The summary as one human-readable line.
@@ -480,6 +508,7 @@ async fn run_member_failover(
         locks: if locks == 0 { args.clients } else { locks },
         kill_after: Duration::from_secs_f64(kill_after),
         after: Duration::from_secs_f64(after),
+        route: args.route,
     };
     let run = member_failover::run(&shape).await?;
     let elapsed = Duration::from_secs_f64(run.seconds);

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 #[cfg(feature = "etcd")]
 use crate::target::url;
-use crate::{TargetKind, new_histogram};
+use crate::{Route, TargetKind, new_histogram};
 
 /// TTL of each client's lease; the run never comes near it.
 const LEASE_TTL_SECS: i64 = 120;
@@ -66,6 +66,8 @@ pub(crate) struct Shape {
     pub(crate) kill_after: Duration,
     /// Lock cycles after every client recovered.
     pub(crate) after: Duration,
+    /// With `Route::Leader`, each fenced client follows the leader.
+    pub(crate) route: Route,
 }
 
 /// What a `member-failover` run measured.
@@ -125,12 +127,19 @@ where
 
 impl Locker {
     /// A client of its own, starting on `endpoints[first]`, with a lease.
-    async fn open(kind: TargetKind, endpoints: &[String], first: usize) -> anyhow::Result<Self> {
+    async fn open(
+        kind: TargetKind,
+        endpoints: &[String],
+        first: usize,
+        route: Route,
+    ) -> anyhow::Result<Self> {
         let n = endpoints.len();
         let order: Vec<String> = (0..n).map(|k| endpoints[(first + k) % n].clone()).collect();
         match kind {
             TargetKind::Fenced => {
-                let client = fenced_client::Client::new(order)?;
+                let client = fenced_client::ClientConfig::new(order)
+                    .prefer_leader(route == Route::Leader)
+                    .build()?;
                 let lease = bounded(client.lease_grant(LEASE_TTL_SECS, 0))
                     .await
                     .context("lease grant")?
@@ -347,7 +356,7 @@ pub(crate) async fn run(shape: &Shape) -> anyhow::Result<MemberFailoverRun> {
         bail!("--locks must be at least 1");
     }
     let lockers = futures::future::try_join_all(
-        (0..shape.clients).map(|i| Locker::open(shape.kind, &shape.endpoints, i)),
+        (0..shape.clients).map(|i| Locker::open(shape.kind, &shape.endpoints, i, shape.route)),
     )
     .await
     .context("granting the clients' leases")?;

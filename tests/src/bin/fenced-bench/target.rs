@@ -10,7 +10,7 @@ use fenced_client::pb::lease_client::LeaseClient;
 use fenced_client::pb::lock_client::LockClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::TargetKind;
+use crate::{Route, TargetKind};
 
 /// Longest a single call (acquire, release, grant, revoke, range, one
 /// keepalive's answer) may take before it counts as an error. Only a safety
@@ -43,6 +43,23 @@ impl std::fmt::Debug for Target {
     }
 }
 
+/// fenced's `endpoints` with the one whose member says it leads first.
+pub(crate) async fn leader_first(endpoints: &[String]) -> anyhow::Result<Vec<String>> {
+    let client = fenced_client::Client::new(endpoints)?;
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        if let Ok(status) = client.status_of(endpoint).await
+            && status.leader != 0
+            && status.leader == status.member_id
+        {
+            let mut ordered = vec![endpoint.clone()];
+            ordered.extend(endpoints[..i].iter().cloned());
+            ordered.extend(endpoints[i + 1..].iter().cloned());
+            return Ok(ordered);
+        }
+    }
+    anyhow::bail!("--route leader: no endpoint of {endpoints:?} says it leads")
+}
+
 /// `host:port` or `http://host:port` as a URL.
 pub(crate) fn url(endpoint: &str) -> String {
     if endpoint.contains("://") {
@@ -56,10 +73,12 @@ impl Target {
     /// Opens connection number `index` to `endpoints` of the given system.
     /// For fenced, connection `index` talks to `endpoints[index % len]`, so
     /// the connections are spread over the members.
+    /// With `Route::Leader`, fenced-client follows the leader.
     pub(crate) async fn connect(
         kind: TargetKind,
         endpoints: &[String],
         index: usize,
+        route: Route,
     ) -> anyhow::Result<Self> {
         match kind {
             TargetKind::Fenced => {
@@ -71,10 +90,10 @@ impl Target {
                     .connect_timeout(Duration::from_secs(5))
                     .tcp_nodelay(true)
                     .connect_lazy();
-                Ok(Target::Fenced {
-                    client: fenced_client::Client::new(endpoints)?,
-                    channel,
-                })
+                let client = fenced_client::ClientConfig::new(endpoints)
+                    .prefer_leader(route == Route::Leader)
+                    .build()?;
+                Ok(Target::Fenced { client, channel })
             }
             #[cfg(feature = "etcd")]
             TargetKind::Etcd => {

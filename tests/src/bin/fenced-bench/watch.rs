@@ -124,7 +124,13 @@ pub(crate) async fn run_latency(
     }
     let role = role_of(shape).await;
     let key = unique_key();
-    let writer = Target::connect(shape.kind, std::slice::from_ref(&shape.endpoint), 0).await?;
+    let writer = Target::connect(
+        shape.kind,
+        std::slice::from_ref(&shape.endpoint),
+        0,
+        crate::Route::Spread,
+    )
+    .await?;
     // Warms the writer's connection, on another key.
     writer
         .put(b"bench-watch-warmup".to_vec(), vec![0; 8])
@@ -180,7 +186,13 @@ pub(crate) async fn run_hold(shape: &Shape, stop: Stop) -> anyhow::Result<HoldRu
     };
     let role = role_of(shape).await;
     let key = unique_key();
-    let writer = Target::connect(shape.kind, std::slice::from_ref(&shape.endpoint), 0).await?;
+    let writer = Target::connect(
+        shape.kind,
+        std::slice::from_ref(&shape.endpoint),
+        0,
+        crate::Route::Spread,
+    )
+    .await?;
     writer
         .put(b"bench-watch-warmup".to_vec(), vec![0; 8])
         .await
