@@ -332,4 +332,7 @@ python3 "$ROOT/tests/bench/report.py" "$RESULTS" "$OUT" \
   --mf-kills "$MF_KILLS" --mf-kill-after "$MF_KILL_AFTER" --mf-after "$MF_AFTER" \
   --etcd-version "$(etcd --version | head -1)" --fenced-version "$("$FENCED" --version)" \
   --command "tests/bench/compare.sh ${1:-}"
-echo "wrote $OUT (${SECONDS}s since the start)"
+# The raw results, to regenerate the report (for example after editing
+# tests/bench/notes.md): python3 tests/bench/report.py RESULTS OUT --rounds ...
+cp "$RESULTS" "${OUT%.md}-results.jsonl"
+echo "wrote $OUT and ${OUT%.md}-results.jsonl (${SECONDS}s since the start)"
