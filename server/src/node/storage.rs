@@ -294,6 +294,18 @@ impl SizeLimited {
     }
 }
 
+/// Whether a Ready must be fsynced before its messages go out and its entries are applied:
+/// when it appends entries, or changes the term or the vote (etcd's `raft.MustSync`). A
+/// HardState that only moves the commit index is written to the journal without an fsync:
+/// it reaches the disk with the next fsynced batch (the journal is appended in order), and
+/// losing it in a crash is harmless, because a restarted member learns the commit index
+/// again from the leader and only ever applies committed entries. Without this, every commit
+/// costs a second fsync on the path from commit to apply.
+pub fn must_sync(stored: &HardState, entries: &[Entry], hard_state: Option<&HardState>) -> bool {
+    !entries.is_empty()
+        || hard_state.is_some_and(|hs| hs.term != stored.term || hs.vote != stored.vote)
+}
+
 fn log_key(idx: u64) -> [u8; 8] {
     idx.to_be_bytes()
 }
@@ -587,7 +599,7 @@ impl FjallStorage {
 
     /// Persists one Ready: appends `entries` (truncating any existing suffix starting at
     /// `entries[0].index`) and the HardState if given, in ONE fjall batch, fsynced before
-    /// returning. Either may be empty/None.
+    /// returning when it must be (see [`must_sync`]). Either may be empty/None.
     ///
     /// Errors if the entries are not consecutive, start before the first index, after
     /// `last_index + 1` or at/below the persisted commit index (raft-rs itself refuses that),
@@ -600,7 +612,11 @@ impl FjallStorage {
     ) -> Result<(), StorageError> {
         // fdatasync, like etcd's WAL: it flushes the data and the file size, which is all a
         // journal append needs to be readable after a crash.
-        self.write(entries, hard_state, PersistMode::SyncData)
+        let durability = match must_sync(&self.hard_state, entries, hard_state) {
+            true => PersistMode::SyncData,
+            false => PersistMode::Buffer,
+        };
+        self.write(entries, hard_state, durability)
     }
 
     /// [`FjallStorage::persist`] with a chosen durability.

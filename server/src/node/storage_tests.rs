@@ -1461,3 +1461,40 @@ proptest! {
         run_ops(&ops, &reads, cache)?;
     }
 }
+
+#[test]
+fn only_entries_term_or_vote_changes_are_fsynced() {
+    use super::must_sync;
+    let stored = hs(3, 2, 10);
+    let cases: [(&str, Vec<Entry>, Option<HardState>, bool); 7] = [
+        ("nothing", vec![], None, false),
+        ("commit moves", vec![], Some(hs(3, 2, 11)), false),
+        ("same hard state", vec![], Some(hs(3, 2, 10)), false),
+        ("term moves", vec![], Some(hs(4, 0, 10)), true),
+        ("vote moves", vec![], Some(hs(3, 1, 10)), true),
+        ("entries alone", ents(11..=11, 3), None, true),
+        (
+            "entries and commit",
+            ents(11..=12, 3),
+            Some(hs(3, 2, 11)),
+            true,
+        ),
+    ];
+    for (what, entries, hard_state, expected) in cases {
+        assert_eq!(
+            must_sync(&stored, &entries, hard_state.as_ref()),
+            expected,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_commit_written_without_fsync_is_read_back_after_reopening() {
+    let (dir, mut s) = open_tmp();
+    s.persist(&ents(1..=3, 1), Some(&hs(1, 1, 1))).unwrap();
+    s.persist(&[], Some(&hs(1, 1, 3))).unwrap();
+    let s = reopen(&dir, s);
+    assert_eq!(s.hard_state().commit, 3);
+    assert_eq!(s.last_index(), Ok(3));
+}
