@@ -12,8 +12,10 @@
 //!   written ahead of its metadata (a local snapshot is written off the raft thread, then
 //!   recorded) and orphaned by a crash is removed on open.
 //!
-//! Every mutation is one fjall write batch committed with [`PersistMode::SyncAll`], so after a
-//! crash at any point the store is either before or after that mutation. On open the log bounds
+//! Every mutation is one atomic fjall write batch, so after a crash at any point the store is
+//! either before or after that mutation. Batches that raft needs durable are synced (appends,
+//! term and vote changes, snapshots, ConfStates); a commit-index-only HardState is not (see
+//! [`must_sync`]). On open the log bounds
 //! are rebuilt from the keys and checked for contiguity; any inconsistency is reported as
 //! [`StorageError::Corrupt`] rather than guessed around.
 //!
