@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tonic::Code;
 
 use crate::client::with_timeout;
 use crate::pb::lock_client::LockClient;
@@ -31,25 +32,48 @@ impl Client {
     /// The call deadline is the request's wait plus this client's request
     /// timeout (for `try_only`, the request timeout alone; for
     /// `wait_timeout_ms` 0, practically forever). Retried on `UNAVAILABLE`,
-    /// `ABORTED` and broken connections like every request; each retry asks
-    /// for what is left of the wait, and finds the lease's queue place again.
+    /// `ABORTED` and broken connections like every request, and also on a
+    /// `DEADLINE_EXCEEDED` that comes before the wait is over (the member
+    /// could not tell whether its proposal committed); each retry asks for
+    /// what is left of the wait, and finds the lease's queue place again.
     ///
     /// Prefer [`Session::lock_with`](crate::Session::lock_with), which supplies the lease and keeps it
     /// alive while waiting.
     pub async fn lock_acquire(&self, request: AcquireRequest) -> Result<AcquireResponse, Error> {
         let config = self.config();
         let timing = WaitTiming::new(&request, config.request_timeout, config.attempt_timeout);
-        let wait_deadline = timing.wait.map(|wait| Instant::now() + wait);
-        self.call_within(timing.total, timing.attempt_cap, |channel, timeout| {
-            let mut request = request.clone();
-            if let Some(deadline) = wait_deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                request.wait_timeout_ms = ceil_millis(left).max(1);
+        let started = Instant::now();
+        let call_deadline = started.checked_add(timing.total);
+        let wait_deadline = timing.wait.map(|wait| started + wait);
+        loop {
+            let left = call_deadline.map_or(timing.total, |end| {
+                end.saturating_duration_since(Instant::now())
+            });
+            let result = self
+                .call_within(left, timing.attempt_cap, |channel, timeout| {
+                    let mut request = request.clone();
+                    if let Some(deadline) = wait_deadline {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        request.wait_timeout_ms = ceil_millis(left).max(1);
+                    }
+                    let request = with_timeout(request, timeout);
+                    async move { LockClient::new(channel).acquire(request).await }
+                })
+                .await;
+            // A member answers DEADLINE_EXCEEDED before the wait is over when
+            // the outcome of its proposal became unknown (the leader it
+            // forwarded the acquire to lost leadership). An acquire with the
+            // same lease finds its queue place again, so it is asked again
+            // rather than failed; a write of any other kind is not.
+            let now = Instant::now();
+            let unknown_outcome = matches!(&result, Err(err) if err.code() == Code::DeadlineExceeded)
+                && call_deadline.is_none_or(|end| now < end)
+                && wait_deadline.is_none_or(|end| now < end);
+            if !unknown_outcome {
+                return result;
             }
-            let request = with_timeout(request, timeout);
-            async move { LockClient::new(channel).acquire(request).await }
-        })
-        .await
+            tokio::time::sleep(config.backoff_initial).await;
+        }
     }
 
     /// Releases the grant of lock `name` with `token`. `lease` is needed only

@@ -175,6 +175,18 @@ async fn a_wait_timeout_keeps_the_server_code() {
 }
 
 #[tokio::test]
+async fn an_acquire_with_an_unknown_outcome_is_asked_again() {
+    let member = fake(KeepAlive::Answer).await;
+    let session = client(&[&member]).session(TTL).await.unwrap();
+    let options = LockOptions::default().wait_timeout(Duration::from_secs(1));
+    let guard = session.lock_with("unknown-once", options).await.unwrap();
+    assert_eq!(guard.token(), 42);
+    let log = member.log.lock().unwrap();
+    assert_eq!(log.acquires.len(), 2, "asked again, with the same lease");
+    assert!(log.acquires.iter().all(|a| a.lease == LEASE));
+}
+
+#[tokio::test]
 async fn a_cancelled_acquire_is_abandoned() {
     let member = fake(KeepAlive::Answer).await;
     let session = client(&[&member]).session(TTL).await.unwrap();

@@ -212,7 +212,9 @@ impl Lease for FakeMember {
 
 /// Lock `free` is granted at once with token 42; lock `busy` never is
 /// (the acquire waits out its wait, or forever). An acquire with a 1 ms wait
-/// is an abandon and gets DEADLINE_EXCEEDED.
+/// is an abandon and gets DEADLINE_EXCEEDED. The first acquire of lock
+/// `unknown-once` gets DEADLINE_EXCEEDED at once (a member that could not
+/// tell whether its proposal committed); later ones are granted.
 #[tonic::async_trait]
 impl Lock for FakeMember {
     async fn acquire(
@@ -221,10 +223,21 @@ impl Lock for FakeMember {
     ) -> Result<Response<AcquireResponse>, Status> {
         let request = request.into_inner();
         self.record(|log| log.acquires.push(request.clone()));
+        let tries = self
+            .log
+            .lock()
+            .unwrap()
+            .acquires
+            .iter()
+            .filter(|a| a.name == request.name)
+            .count();
         match request.name.as_str() {
-            "free" => Ok(Response::new(AcquireResponse {
+            "unknown-once" if tries == 1 => Err(Status::deadline_exceeded(
+                "the leadership moved away while this write was forwarded; its outcome is unknown",
+            )),
+            "free" | "unknown-once" => Ok(Response::new(AcquireResponse {
                 token: 42,
-                key: format!("__fenced/lock/free/@{}", request.lease).into_bytes(),
+                key: format!("__fenced/lock/{}/@{}", request.name, request.lease).into_bytes(),
                 ..AcquireResponse::default()
             })),
             _ if request.wait_timeout_ms > 0 => {

@@ -6,7 +6,8 @@
 //! handles at most one Ready in the order that keeps invariants 2 and 3:
 //!
 //! 1. send `messages()` (a leader replicates before its own fsync),
-//! 2. persist entries + HardState in **one** fsynced batch,
+//! 2. persist entries + HardState in **one** batch, fsynced when it appends
+//!    entries or changes the term or vote (`storage::must_sync`),
 //! 3. send `persisted_messages()`,
 //! 4. hand committed entries to the apply loop, then `advance`.
 //!
@@ -407,7 +408,7 @@ impl Driver {
             if orphaned > 0 {
                 tracing::info!(
                     orphaned,
-                    "forwarded proposals answered UNAVAILABLE: their leader lost leadership"
+                    "forwarded proposals answered with an unknown outcome: their leader lost leadership"
                 );
             }
         }

@@ -71,7 +71,7 @@ pub struct Proposals {
     /// follower when it proposed). When this member sees the leadership
     /// move away from that leader, the proposal may be lost with it or may
     /// still commit: its waiter is answered at once with an
-    /// unknown-outcome UNAVAILABLE instead of waiting for its deadline.
+    /// unknown-outcome DEADLINE_EXCEEDED instead of waiting for its deadline.
     forwarded: DashMap<u64, u64>,
 }
 
@@ -153,14 +153,19 @@ impl Proposals {
     /// Records that proposal `seq` was handed to raft while `leader` led
     /// and this member did not: raft forwards it there.
     pub fn forwarded_to(&self, seq: u64, leader: u64) {
-        self.forwarded.insert(seq, leader);
+        // Not for a request that already gave up while its proposal waited
+        // in the driver's inbox.
+        if self.waiters.contains_key(&seq) {
+            self.forwarded.insert(seq, leader);
+        }
     }
 
     /// Called when this member sees `leader` lead (0: no leader known).
-    /// Proposals forwarded to another leader are answered UNAVAILABLE with
-    /// an unknown outcome: the old leader may have lost them, or a new
-    /// leader may still commit them, and nothing here can tell which
-    /// before the request's deadline. Returns how many were answered.
+    /// Proposals forwarded to another leader are answered DEADLINE_EXCEEDED
+    /// (an unknown outcome, which fenced-client does not retry for a write,
+    /// as for any write whose deadline passed with a leader known): the old
+    /// leader may have lost them, or a new leader may still commit them,
+    /// and nothing here can tell which. Returns how many were answered.
     pub fn on_leader_change(&self, leader: u64) -> usize {
         if self.forwarded.is_empty() {
             return 0;
@@ -174,7 +179,7 @@ impl Proposals {
         for &(seq, old) in &orphaned {
             self.complete(
                 seq,
-                Err(NodeError::Unavailable(format!(
+                Err(NodeError::DeadlineExceeded(format!(
                     "the leadership moved away from member {old} while this write was \
                      forwarded to it; its outcome is unknown"
                 ))),
@@ -270,7 +275,7 @@ mod tests {
         assert_eq!(p.on_leader_change(1), 1, "only the one sent to member 2");
         assert!(rx_1.try_recv().is_err(), "still waits: its leader leads");
         match rx_2.try_recv() {
-            Ok(Err(NodeError::Unavailable(m))) => {
+            Ok(Err(NodeError::DeadlineExceeded(m))) => {
                 assert!(m.contains("member 2") && m.contains("unknown"), "{m}");
             }
             other => panic!("unexpected {other:?}"),
