@@ -352,6 +352,18 @@ impl Cluster {
         self.ids().map(|id| self.endpoint(id)).collect()
     }
 
+    /// Every member's client address, member `first`'s first and the
+    /// others in id order: for a client that must start on that member.
+    pub fn endpoints_from(&self, first: u64) -> Vec<String> {
+        let mut endpoints = vec![self.endpoint(first)];
+        endpoints.extend(
+            self.ids()
+                .filter(|&id| id != first)
+                .map(|id| self.endpoint(id)),
+        );
+        endpoints
+    }
+
     /// Member `id`'s real peer address (`--peer-listen`), not a proxy.
     pub fn peer_addr(&self, id: u64) -> SocketAddr {
         self.member(id).peer_addr

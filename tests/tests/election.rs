@@ -262,13 +262,7 @@ impl Candidate {
         value: &str,
         ttl: u64,
     ) -> anyhow::Result<Self> {
-        let mut endpoints = vec![cluster.endpoint(first)];
-        endpoints.extend(
-            cluster
-                .ids()
-                .filter(|&id| id != first)
-                .map(|id| cluster.endpoint(id)),
-        );
+        let endpoints = cluster.endpoints_from(first);
         let mut command = std::process::Command::new(fencectl_bin());
         command
             .arg("--endpoints")

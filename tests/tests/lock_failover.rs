@@ -18,14 +18,7 @@ const ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A client over every member, with `first` tried first.
 fn client_starting_at(cluster: &Cluster, first: u64) -> anyhow::Result<Client> {
-    let mut endpoints = vec![cluster.endpoint(first)];
-    endpoints.extend(
-        cluster
-            .ids()
-            .filter(|&id| id != first)
-            .map(|id| cluster.endpoint(id)),
-    );
-    Ok(ClientConfig::new(endpoints)
+    Ok(ClientConfig::new(cluster.endpoints_from(first))
         .request_timeout(Duration::from_secs(3))
         .build()?)
 }

@@ -155,13 +155,7 @@ async fn a_client_that_prefers_the_leader_follows_it_across_a_failover() -> anyh
         .find(|&id| id != leader)
         .context("a follower")?;
     // The follower first: without the preference the client would stay there.
-    let mut order = vec![cluster.endpoint(follower)];
-    order.extend(
-        cluster
-            .ids()
-            .filter(|&id| id != follower)
-            .map(|id| cluster.endpoint(id)),
-    );
+    let order = cluster.endpoints_from(follower);
     let routed = fenced_client::ClientConfig::new(order.clone())
         .prefer_leader(true)
         .build()?;

@@ -348,14 +348,7 @@ async fn watch_carries_on_through(fault: Fault) -> anyhow::Result<()> {
         .ids()
         .find(|&id| id != leader)
         .context("a follower")?;
-    let mut endpoints = vec![cluster.endpoint(victim)];
-    endpoints.extend(
-        cluster
-            .ids()
-            .filter(|&id| id != victim)
-            .map(|id| cluster.endpoint(id)),
-    );
-    let watcher = ClientConfig::new(endpoints).build()?;
+    let watcher = ClientConfig::new(cluster.endpoints_from(victim)).build()?;
     let mut batches = watcher.watch("w/").prefix().stream().await?;
     cluster
         .wait_for_watchers(victim, 1, Duration::from_secs(10))
