@@ -107,7 +107,20 @@ async fn put_get_del_and_status_against_a_cluster() -> anyhow::Result<()> {
     assert!(table.starts_with("ENDPOINT"), "{table}");
     assert!(table.contains(&cluster.endpoint(1)), "{table}");
 
-    let members = json_lines(&ok(&cluster, &["-o", "json", "member", "list"]).await);
+    // A member publishes its client address through the log after it
+    // starts: wait until that entry has applied.
+    let members = fenced_tests::wait_for(
+        Duration::from_secs(10),
+        "the member's published client address",
+        || async {
+            let members = json_lines(&ok(&cluster, &["-o", "json", "member", "list"]).await);
+            match members.first().and_then(|m| m["client_addr"].as_str()) {
+                Some(addr) if !addr.is_empty() => Ok(members),
+                _ => Err(format!("{members:?}")),
+            }
+        },
+    )
+    .await?;
     assert_eq!(members.len(), 1);
     assert_eq!(members[0]["id"], 1);
     assert_eq!(members[0]["client_addr"], cluster.endpoint(1));
