@@ -1,10 +1,16 @@
-//! The apply loop: applies committed entries to the state machine, in log
-//! order, off the driver's thread, and wakes the requests waiting on them.
-//! It also installs snapshots received from the leader, and starts local
-//! snapshots every `--snapshot-interval` entries.
+//! Applying committed entries to the state machine, in log order, on the
+//! driver's thread, and waking the requests waiting on them. Also installs
+//! snapshots received from the leader, and starts local snapshots every
+//! `--snapshot-interval` entries.
+//!
+//! Applying runs on the driver thread, not a thread of its own: a hand-off
+//! per commit cost a thread wake-up on the path of every write (about
+//! 40 µs on the benchmark machine), while applying a batch of small
+//! commands takes microseconds. Large work stays off this thread: a local
+//! snapshot only clones the state (constant time) and hands it to the
+//! snapshot thread, and watchers are fed by the fan-out thread.
 
 use std::sync::Arc;
-use std::sync::mpsc;
 
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 
@@ -13,31 +19,12 @@ use crate::node::snapshots::{SnapshotJob, Snapshotter};
 use crate::node::{NodeError, Shared};
 use crate::state::{Command, LockChange, snapshot};
 
-/// Work for the apply loop.
-#[derive(Debug)]
-pub enum ApplyTask {
-    /// Committed entries, in order, all locally persisted.
-    Entries(Vec<Entry>),
-    /// A snapshot from the leader was installed in storage: replace the state
-    /// with its data, which is the state after entry `index`.
-    Restore {
-        /// Raft index of the snapshot.
-        index: u64,
-        /// Raft term of the snapshot.
-        term: u64,
-        /// The encoded state.
-        data: Vec<u8>,
-    },
-    /// Take a snapshot now (a peer needs one newer than the stored one).
-    SnapshotNow,
-}
-
 /// When to take local snapshots.
 #[derive(Debug)]
 pub struct SnapshotPolicy {
     /// Applied entries between snapshots.
     pub interval: u64,
-    /// Index of the latest snapshot (the state the loop started from).
+    /// Index of the latest snapshot (the state the member started from).
     pub last: u64,
     /// Index and term of the last applied entry.
     pub applied: (u64, u64),
@@ -45,41 +32,37 @@ pub struct SnapshotPolicy {
     pub snapshotter: Snapshotter,
 }
 
-/// Runs until the driver drops its sender.
-pub fn run(shared: Arc<Shared>, tasks: mpsc::Receiver<ApplyTask>, mut policy: SnapshotPolicy) {
-    let mut next = tasks.recv().ok();
-    while let Some(task) = next.take() {
-        match task {
-            ApplyTask::Restore { index, term, data } => {
-                restore(&shared, index, &data);
-                policy.last = index;
-                policy.applied = (index, term);
-                next = tasks.recv().ok();
-            }
-            ApplyTask::SnapshotNow => {
-                if policy.applied.0 > policy.last {
-                    snapshot(&shared, &mut policy);
-                }
-                next = tasks.recv().ok();
-            }
-            ApplyTask::Entries(mut entries) => {
-                // Take whatever else is queued too: one lock and one wake-up
-                // per batch. A restore waits for the next round.
-                loop {
-                    match tasks.try_recv() {
-                        Ok(ApplyTask::Entries(more)) => entries.extend(more),
-                        Ok(restore) => {
-                            next = Some(restore);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                apply_entries(&shared, &entries, &mut policy);
-                if next.is_none() {
-                    next = tasks.recv().ok();
-                }
-            }
+/// Applies committed entries and snapshots; owned by the driver.
+#[derive(Debug)]
+pub struct Applier {
+    shared: Arc<Shared>,
+    policy: SnapshotPolicy,
+}
+
+impl Applier {
+    /// An applier of entries after `policy.applied`.
+    pub fn new(shared: Arc<Shared>, policy: SnapshotPolicy) -> Self {
+        Self { shared, policy }
+    }
+
+    /// Applies committed entries, all locally persisted, in order.
+    pub fn entries(&mut self, entries: &[Entry]) {
+        apply_entries(&self.shared, entries, &mut self.policy);
+    }
+
+    /// Replaces the state with a snapshot's data (the state after entry
+    /// `index`), once raft installed the snapshot in storage.
+    pub fn restore(&mut self, index: u64, term: u64, data: &[u8]) {
+        restore(&self.shared, index, data);
+        self.policy.last = index;
+        self.policy.applied = (index, term);
+    }
+
+    /// Takes a snapshot now (a peer needs one newer than the stored one),
+    /// unless nothing was applied since the last.
+    pub fn snapshot_now(&mut self) {
+        if self.policy.applied.0 > self.policy.last {
+            snapshot(&self.shared, &mut self.policy);
         }
     }
 }

@@ -19,13 +19,13 @@ use raft::{RawNode, Storage as _};
 use tokio::sync::watch;
 
 use crate::config::{Config, cluster_id};
-use crate::node::apply::SnapshotPolicy;
+use crate::node::apply::{Applier, SnapshotPolicy};
 use crate::node::driver::{Driver, Stopped};
 use crate::node::read_index::ReadIndexBatcher;
 use crate::node::snapshots::{Snapshotter, conf_state_of};
 use crate::node::storage::FjallStorage;
 use crate::node::transport::{Transport, TransportContext};
-use crate::node::{DriverMsg, Node, RaftStatus, Shared, apply, logger, proposals};
+use crate::node::{DriverMsg, Node, RaftStatus, Shared, logger, proposals};
 use crate::state::{MemberTable, StateMachine, snapshot};
 
 /// A started member's core: the handle and its threads.
@@ -35,8 +35,6 @@ pub struct Started {
     pub node: Node,
     /// Driver thread; its result says why it stopped, or a storage failure.
     pub driver: JoinHandle<anyhow::Result<Stopped>>,
-    /// Apply thread.
-    pub apply: JoinHandle<()>,
 }
 
 /// What a data dir records about the member it belongs to.
@@ -271,7 +269,6 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
     }
     shared.status.set_snapshot_index(applied);
     let (inbox_tx, inbox_rx) = mpsc::channel::<DriverMsg>();
-    let (apply_tx, apply_rx) = mpsc::channel();
 
     let peers = shared
         .peers
@@ -295,17 +292,11 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         snapshotter: Snapshotter::start(snapshot_writer, inbox_tx.clone())
             .context("cannot start the snapshot thread")?,
     };
-    let apply = {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("fenced-apply".into())
-            .spawn(move || apply::run(shared, apply_rx, policy))?
-    };
     let driver = Driver {
         raw,
         inbox: inbox_rx,
         transport,
-        apply_tx,
+        applier: Applier::new(shared.clone(), policy),
         shared: shared.clone(),
         reads: ReadIndexBatcher::default(),
         tick: config.tick_interval(),
@@ -325,11 +316,7 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         inbox: inbox_tx,
         default_timeout: config.request_timeout(),
     };
-    Ok(Started {
-        node,
-        driver,
-        apply,
-    })
+    Ok(Started { node, driver })
 }
 
 /// Writes the bootstrap snapshot of a new static cluster: the empty state

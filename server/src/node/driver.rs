@@ -35,7 +35,7 @@ use raft::eraftpb::{
 };
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole, Storage as _};
 
-use crate::node::apply::ApplyTask;
+use crate::node::apply::Applier;
 use crate::node::proposals::Envelope;
 use crate::node::read_index::ReadIndexBatcher;
 use crate::node::storage::{FjallStorage, StorageError};
@@ -68,8 +68,8 @@ pub struct Driver {
     pub(crate) inbox: mpsc::Receiver<DriverMsg>,
     /// Outgoing raft messages.
     pub(crate) transport: Transport,
-    /// Committed entries go here, to be applied off this thread.
-    pub(crate) apply_tx: mpsc::Sender<ApplyTask>,
+    /// Applies committed entries and snapshots from the leader.
+    pub(crate) applier: Applier,
     /// Status, proposals and applied state shared with the API layer.
     pub(crate) shared: Arc<Shared>,
     /// Batched ReadIndex rounds.
@@ -136,7 +136,7 @@ impl Driver {
                 self.on_ready()?;
             }
             if self.raw.store().take_snapshot_request() {
-                let _ = self.apply_tx.send(ApplyTask::SnapshotNow);
+                self.applier.snapshot_now();
             }
             if self.removed.is_some() {
                 break 'run;
@@ -380,11 +380,17 @@ impl Driver {
                 "installed a snapshot from the leader into storage"
             );
             self.shared.status.set_snapshot_index(index);
-            let _ = self.apply_tx.send(ApplyTask::Restore {
-                index,
-                term: snapshot.get_metadata().term,
-                data: snapshot.get_data().to_vec(),
-            });
+            self.applier
+                .restore(index, snapshot.get_metadata().term, snapshot.get_data());
+        }
+        // raft-rs hands out only committed entries that are already
+        // persisted here, so they may be applied before this Ready's new
+        // entries are. A leader does so: its clients are answered an fsync
+        // sooner. A follower first persists and acknowledges (the leader's
+        // commit waits on that), then applies.
+        let mut committed = ready.take_committed_entries();
+        if self.raw.raft.state == StateRole::Leader {
+            self.apply(std::mem::take(&mut committed))?;
         }
         let hard_state = ready.hs().cloned();
         if !ready.entries().is_empty() || hard_state.is_some() {
@@ -417,7 +423,6 @@ impl Driver {
         for read in ready.take_read_states() {
             self.reads.on_read_state(&read.request_ctx, read.index);
         }
-        let committed = ready.take_committed_entries();
         self.apply(committed)?;
 
         let mut light = self.raw.advance(ready);
@@ -433,8 +438,8 @@ impl Driver {
         Ok(())
     }
 
-    /// Applies configuration changes to raft here (they change who raft
-    /// talks to), and hands every entry to the apply loop in order.
+    /// Applies configuration changes to raft, then every entry to the state
+    /// machine, in order.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
         if entries.is_empty() {
             return Ok(());
@@ -467,8 +472,7 @@ impl Driver {
             }
             self.track_member_change(entry);
         }
-        // The apply loop only stops when this sender is dropped.
-        let _ = self.apply_tx.send(ApplyTask::Entries(entries));
+        self.applier.entries(&entries);
         Ok(())
     }
 

@@ -221,9 +221,15 @@ impl WatchHub {
         self.send(HubMsg::Applied);
     }
 
-    /// Tells the fan-out thread that revisions were appended.
+    /// Tells the fan-out thread that revisions were appended, when some
+    /// stream is open: with none, no watcher waits for them, and a watch
+    /// created later starts from the history (its stream's `Open` is sent
+    /// after the count went up, so it reaches the thread after this
+    /// append).
     pub fn applied(&self) {
-        self.send(HubMsg::Applied);
+        if *self.open_streams.borrow() > 0 {
+            self.send(HubMsg::Applied);
+        }
     }
 
     /// Stops the fan-out thread: every open stream is told that the member
