@@ -45,9 +45,11 @@ impl Applier {
         Self { shared, policy }
     }
 
-    /// Applies committed entries, all locally persisted, in order.
-    pub fn entries(&mut self, entries: &[Entry]) {
-        apply_entries(&self.shared, entries, &mut self.policy);
+    /// Applies committed entries, all locally persisted, in order. Returns
+    /// whether one of them was proposed on another member (which waits for
+    /// its own apply to answer its client).
+    pub fn entries(&mut self, entries: &[Entry]) -> bool {
+        apply_entries(&self.shared, entries, &mut self.policy)
     }
 
     /// Replaces the state with a snapshot's data (the state after entry
@@ -67,11 +69,15 @@ impl Applier {
     }
 }
 
-fn apply_entries(shared: &Shared, entries: &[Entry], policy: &mut SnapshotPolicy) {
+fn apply_entries(shared: &Shared, entries: &[Entry], policy: &mut SnapshotPolicy) -> bool {
     let Some(last) = entries.last() else {
-        return;
+        return false;
     };
-    let (changes, members_changed) = apply_batch(shared, entries);
+    let Batch {
+        changes,
+        members_changed,
+        foreign,
+    } = apply_batch(shared, entries);
     if members_changed {
         shared.set_peers(read_state(shared).members());
     }
@@ -85,6 +91,7 @@ fn apply_entries(shared: &Shared, entries: &[Entry], policy: &mut SnapshotPolicy
     if last.index.saturating_sub(policy.last) >= policy.interval {
         snapshot(shared, policy);
     }
+    foreign
 }
 
 /// Hands a copy of the state as of the last applied entry to the snapshot
@@ -111,12 +118,22 @@ fn read_state(shared: &Shared) -> std::sync::RwLockReadGuard<'_, crate::state::S
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Applies `entries`; returns the lock changes, to be announced once the
-/// state lock is released and the applied index published, and whether the
-/// member table changed.
-fn apply_batch(shared: &Shared, entries: &[Entry]) -> (Vec<(u64, LockChange)>, bool) {
+/// What applying a batch of entries changed.
+struct Batch {
+    /// Lock changes, to be announced once the state lock is released and the
+    /// applied index published, with the index of their entry.
+    changes: Vec<(u64, LockChange)>,
+    /// Whether the member table changed.
+    members_changed: bool,
+    /// Whether an entry was proposed on another member.
+    foreign: bool,
+}
+
+/// Applies `entries` under one state lock.
+fn apply_batch(shared: &Shared, entries: &[Entry]) -> Batch {
     let mut changes = Vec::new();
     let mut members_changed = false;
+    let mut foreign = false;
     let mut state = shared
         .state
         .write()
@@ -155,7 +172,9 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> (Vec<(u64, LockChange)>, b
         changes.extend(output.locks.into_iter().map(|c| (entry.index, c)));
         let response = output.response;
         metrics::counter!("fenced_applied_commands_total").increment(1);
-        if shared.proposals.is_mine(&envelope) {
+        if !shared.proposals.is_mine(&envelope) {
+            foreign = true;
+        } else {
             let applied = Applied {
                 response,
                 index: entry.index,
@@ -169,7 +188,11 @@ fn apply_batch(shared: &Shared, entries: &[Entry]) -> (Vec<(u64, LockChange)>, b
             .state_index
             .store(last.index, std::sync::atomic::Ordering::Release);
     }
-    (changes, members_changed)
+    Batch {
+        changes,
+        members_changed,
+        foreign,
+    }
 }
 
 /// The context of a configuration-change entry (empty when there is none).

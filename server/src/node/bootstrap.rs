@@ -219,6 +219,9 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
         check_quorum: true,
+        // The driver tells followers about commits itself, batched
+        // (`Driver::notice_commit`).
+        skip_bcast_commit: true,
         pre_vote: true,
         batch_append: true,
         ..Default::default()
@@ -302,6 +305,9 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         tick: config.tick_interval(),
         snapshot_tail: config.snapshot_tail,
         removed: None,
+        told: BTreeMap::new(),
+        commit_notice: None,
+        notice_now: false,
     };
     let driver = std::thread::Builder::new()
         .name("fenced-raft".into())

@@ -60,6 +60,12 @@ pub enum Stopped {
 /// Ready again; keeps ticks on time under a flood of proposals.
 const MAX_MSGS_PER_ITERATION: usize = 8192;
 
+/// How long a leader may wait before telling followers that entries
+/// proposed on it committed. Every append carries the commit index, so a
+/// leader that receives another proposal within this time tells them for
+/// free; only a quiet leader sends the notice on its own.
+const COMMIT_NOTICE_DELAY: Duration = Duration::from_millis(1);
+
 /// The event loop's state. Built by [`crate::node::start`].
 pub struct Driver {
     /// raft-rs's node; only this thread touches it.
@@ -80,6 +86,14 @@ pub struct Driver {
     pub(crate) snapshot_tail: u64,
     /// Set once this member learns it was removed.
     pub(crate) removed: Option<String>,
+    /// Followers' commit index as last sent to them (in an append or a
+    /// heartbeat), by member id.
+    pub(crate) told: std::collections::BTreeMap<u64, u64>,
+    /// When followers behind on the commit index are to be told.
+    pub(crate) commit_notice: Option<Instant>,
+    /// An entry proposed on another member committed: tell followers now,
+    /// the proposer answers its client only once it applied the entry.
+    pub(crate) notice_now: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -98,7 +112,8 @@ impl Driver {
         let mut next_tick = Instant::now() + self.tick;
         self.publish_status();
         'run: loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wake = self.commit_notice.map_or(next_tick, |at| at.min(next_tick));
+            let wait = wake.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
                 Ok(msg) => {
                     if !self.handle(msg) {
@@ -133,6 +148,9 @@ impl Driver {
             self.reads
                 .flush(leader_known, now, |ctx| raw.read_index(ctx));
             if self.raw.has_ready() {
+                self.on_ready()?;
+            }
+            if self.notice_commit(Instant::now()) && self.raw.has_ready() {
                 self.on_ready()?;
             }
             if self.raw.store().take_snapshot_request() {
@@ -438,6 +456,49 @@ impl Driver {
         Ok(())
     }
 
+    /// Tells followers the commit index when they are behind on it: at once
+    /// when an entry another member proposed committed, otherwise once
+    /// [`COMMIT_NOTICE_DELAY`] passed without an append that told them
+    /// (raft-rs's own broadcast on every commit is off: it cost a message
+    /// round per write even when the next append follows right behind).
+    /// Returns whether it queued messages.
+    fn notice_commit(&mut self, now: Instant) -> bool {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            self.commit_notice = None;
+            self.notice_now = false;
+            return false;
+        }
+        let committed = raft.raft_log.committed;
+        let behind: Vec<u64> = raft
+            .prs()
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| {
+                *id != self.shared.id && self.told.get(id).copied().unwrap_or(0) < committed
+            })
+            .collect();
+        if behind.is_empty() {
+            self.commit_notice = None;
+            self.notice_now = false;
+            return false;
+        }
+        let due = *self.commit_notice.get_or_insert(now + COMMIT_NOTICE_DELAY);
+        if !self.notice_now && now < due {
+            return false;
+        }
+        metrics::counter!("fenced_raft_commit_notices_total").increment(1);
+        for id in behind {
+            self.raw.raft.send_append(id);
+            // A peer that could not be sent to (paused, probing) hears it
+            // with the next heartbeat; do not try again every delay.
+            self.told.insert(id, committed);
+        }
+        self.commit_notice = None;
+        self.notice_now = false;
+        true
+    }
+
     /// Applies configuration changes to raft, then every entry to the state
     /// machine, in order.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
@@ -472,7 +533,9 @@ impl Driver {
             }
             self.track_member_change(entry);
         }
-        self.applier.entries(&entries);
+        if self.applier.entries(&entries) {
+            self.notice_now = true;
+        }
         Ok(())
     }
 
@@ -510,6 +573,13 @@ impl Driver {
     fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
         for msg in msgs {
             let to = msg.to;
+            if matches!(
+                msg.get_msg_type(),
+                MessageType::MsgAppend | MessageType::MsgHeartbeat
+            ) {
+                let told = self.told.entry(to).or_default();
+                *told = (*told).max(msg.commit);
+            }
             if !self.transport.has_peer(to) {
                 // A member this one learned about from a snapshot.
                 if let Some(addr) = self.peer_addr(to) {
