@@ -5,8 +5,8 @@
 //! A request travels: gRPC service in [`api`] → [`node::Node`] (propose or
 //! ReadIndex) → the driver thread in [`node::driver`] (owns raft-rs's
 //! `RawNode`, persists through [`node::storage`], sends through
-//! [`node::transport`]) → the apply thread (applies committed entries to the
-//! pure [`state::StateMachine`] and wakes the waiting request).
+//! [`node::transport`], applies committed entries to the pure
+//! [`state::StateMachine`] and wakes the waiting request).
 //!
 //! - [`config`]: flags and their validation.
 //! - [`node`]: everything that knows about Raft.

@@ -6,16 +6,20 @@
 //! handles at most one Ready in the order that keeps invariants 2 and 3:
 //!
 //! 1. send `messages()` (a leader replicates before its own fsync),
-//! 2. persist entries + HardState in **one** batch, fsynced when it appends
+//! 2. a leader applies the committed entries (all already persisted here),
+//! 3. persist entries + HardState in **one** batch, fsynced when it appends
 //!    entries or changes the term or vote (`storage::must_sync`),
-//! 3. send `persisted_messages()`,
-//! 4. hand committed entries to the apply loop, then `advance`.
+//! 4. send `persisted_messages()`,
+//! 5. a follower applies the committed entries, then `advance`.
+//!
+//! Applying happens on this thread ([`Applier`]): a hand-off to another
+//! thread cost a wake-up per commit.
 //!
 //! Proposals that arrive while a batch is being persisted wait in the inbox
 //! and go into the next Ready: that is the group commit.
 //!
 //! A snapshot from the leader is installed into storage (one atomic batch)
-//! before the Ready's entries are persisted, and handed to the apply loop
+//! before the Ready's entries are persisted, and restored into the state
 //! ahead of any later entry. Local snapshots are written by the snapshot
 //! thread; the driver only records them and compacts the log.
 //!

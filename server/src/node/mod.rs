@@ -2,9 +2,9 @@
 //!
 //! [`Node`] is the handle the API layer holds. Writes become proposals
 //! ([`Node::propose`]) answered once applied; linearizable reads first pass a
-//! ReadIndex barrier ([`Node::read_barrier`]). Behind the handle run two OS
-//! threads: the driver (owns raft-rs's `RawNode` and the fjall storage) and
-//! the apply loop (owns writes to the [`StateMachine`]).
+//! ReadIndex barrier ([`Node::read_barrier`]). Behind the handle runs one OS
+//! thread, the driver: it owns raft-rs's `RawNode` and the fjall storage,
+//! and applies committed entries to the [`StateMachine`].
 //!
 //! **Architecture Invariant:** only this module names raft-rs types.
 
