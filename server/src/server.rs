@@ -131,24 +131,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .await
         })
     };
+    // Peer traffic is served on the driver's own thread (its runtime), so a
+    // raft message reaches the driver without a thread hand-off.
     let peer_server = {
         let mut stop = stop_rx.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
+        let peer_listener = peer_listener
+            .into_std()
+            .context("cannot hand the peer listener to the raft driver")?;
         let service = PeerServer::new(PeerService::new(node.clone(), lessor.clone()))
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(1)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-                .add_service(service)
-                // Membership calls forwarded to the leader arrive here.
-                .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(1)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+            .add_service(service)
+            // Membership calls forwarded to the leader arrive here.
+            .add_service(ClusterServer::new(ClusterService::new(node.clone())));
+        started.peer_runtime.spawn(async move {
+            // Registered with this runtime's reactor, not the main one's.
+            let listener = TcpListener::from_std(peer_listener)?;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            server
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
-                }),
-        )
+                })
+                .await
+                .map_err(anyhow::Error::from)
+        })
     };
 
     let driver = started.driver;

@@ -9,7 +9,7 @@
 //! up from a snapshot, which carries the configuration, never from entry 1.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock, mpsc};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, bail};
@@ -35,6 +35,9 @@ pub struct Started {
     pub node: Node,
     /// Driver thread; its result says why it stopped, or a storage failure.
     pub driver: JoinHandle<anyhow::Result<Stopped>>,
+    /// The driver thread's runtime, which also carries all peer traffic:
+    /// serve the `Peer` service on it (see [`crate::node::driver`]).
+    pub peer_runtime: tokio::runtime::Handle,
 }
 
 /// What a data dir records about the member it belongs to.
@@ -271,7 +274,11 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         shared.watch.reset(revision);
     }
     shared.status.set_snapshot_index(applied);
-    let (inbox_tx, inbox_rx) = mpsc::channel::<DriverMsg>();
+    let (inbox_tx, inbox_rx) = tokio::sync::mpsc::unbounded_channel::<DriverMsg>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the raft driver's runtime")?;
 
     let peers = shared
         .peers
@@ -283,7 +290,7 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
             from: config.id,
             cluster_id,
             inbox: inbox_tx.clone(),
-            runtime: tokio::runtime::Handle::current(),
+            runtime: runtime.handle().clone(),
         },
         &peers,
     );
@@ -309,12 +316,16 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         commit_notice: None,
         notice_now: false,
     };
+    let peer_runtime = runtime.handle().clone();
     let driver = std::thread::Builder::new()
         .name("fenced-raft".into())
         .spawn(move || {
-            driver
-                .run()
-                .map_err(|err| anyhow::anyhow!("raft storage failed: {err}"))
+            let stopped = runtime
+                .block_on(driver.run())
+                .map_err(|err| anyhow::anyhow!("raft storage failed: {err}"));
+            // Ends the peer tasks and the peer service with the driver.
+            runtime.shutdown_background();
+            stopped
         })?;
 
     let node = Node {
@@ -322,7 +333,11 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         inbox: inbox_tx,
         default_timeout: config.request_timeout(),
     };
-    Ok(Started { node, driver })
+    Ok(Started {
+        node,
+        driver,
+        peer_runtime,
+    })
 }
 
 /// Writes the bootstrap snapshot of a new static cluster: the empty state

@@ -30,7 +30,6 @@
 //! **Architecture Invariant:** a storage error stops the member (fail-stop).
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{
@@ -75,7 +74,7 @@ pub struct Driver {
     /// raft-rs's node; only this thread touches it.
     pub(crate) raw: RawNode<FjallStorage>,
     /// Everything the rest of the member asks of raft.
-    pub(crate) inbox: mpsc::Receiver<DriverMsg>,
+    pub(crate) inbox: tokio::sync::mpsc::UnboundedReceiver<DriverMsg>,
     /// Outgoing raft messages.
     pub(crate) transport: Transport,
     /// Applies committed entries and snapshots from the leader.
@@ -111,15 +110,18 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     /// Runs until shutdown. Returns an error only for a storage failure, after
     /// which the member must stop.
-    pub fn run(mut self) -> Result<Stopped, StorageError> {
+    pub async fn run(mut self) -> Result<Stopped, StorageError> {
         let read_timeout = self.shared.status.election_timeout();
         let mut next_tick = Instant::now() + self.tick;
         self.publish_status();
         'run: loop {
             let wake = self.commit_notice.map_or(next_tick, |at| at.min(next_tick));
-            let wait = wake.saturating_duration_since(Instant::now());
-            match self.inbox.recv_timeout(wait) {
-                Ok(msg) => {
+            let received = tokio::select! {
+                msg = self.inbox.recv() => Some(msg),
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => None,
+            };
+            match received {
+                Some(Some(msg)) => {
                     if !self.handle(msg) {
                         break 'run;
                     }
@@ -134,8 +136,8 @@ impl Driver {
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break 'run,
+                Some(None) => break 'run,
+                None => {}
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -152,10 +154,10 @@ impl Driver {
             self.reads
                 .flush(leader_known, now, |ctx| raw.read_index(ctx));
             if self.raw.has_ready() {
-                self.on_ready()?;
+                self.on_ready().await?;
             }
             if self.notice_commit(Instant::now()) && self.raw.has_ready() {
-                self.on_ready()?;
+                self.on_ready().await?;
             }
             if self.raw.store().take_snapshot_request() {
                 self.applier.snapshot_now();
@@ -384,11 +386,14 @@ impl Driver {
         Ok(())
     }
 
-    fn on_ready(&mut self) -> Result<(), StorageError> {
+    async fn on_ready(&mut self) -> Result<(), StorageError> {
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
             let msgs = ready.take_messages();
             self.send(msgs);
+            // Let the peer tasks put them on the wire before this thread
+            // blocks in an fsync.
+            tokio::task::yield_now().await;
         }
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
@@ -441,7 +446,11 @@ impl Driver {
             }
         }
         let persisted = ready.take_persisted_messages();
-        self.send(persisted);
+        if !persisted.is_empty() {
+            self.send(persisted);
+            // Acknowledgements go out before this member applies.
+            tokio::task::yield_now().await;
+        }
         for read in ready.take_read_states() {
             self.reads.on_read_state(&read.request_ctx, read.index);
         }

@@ -20,7 +20,6 @@ pub mod storage;
 pub mod transport;
 pub mod waits;
 
-use std::sync::mpsc;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -53,6 +52,11 @@ pub enum NodeError {
     #[error("{0}")]
     FailedPrecondition(String),
 }
+
+/// Where messages to the driver go. Sending never blocks and needs no
+/// runtime: the API's tasks, the snapshot thread and the transport all use
+/// it.
+pub type Inbox = tokio::sync::mpsc::UnboundedSender<DriverMsg>;
 
 /// A message to the driver thread.
 #[derive(Debug)]
@@ -164,7 +168,7 @@ impl Shared {
 #[derive(Clone, Debug)]
 pub struct Node {
     shared: Arc<Shared>,
-    inbox: mpsc::Sender<DriverMsg>,
+    inbox: Inbox,
     default_timeout: Duration,
 }
 

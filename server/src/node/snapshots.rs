@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use raft::eraftpb::{ConfState, SnapshotMetadata};
 
-use crate::node::DriverMsg;
 use crate::node::storage::SnapshotWriter;
+use crate::node::{DriverMsg, Inbox};
 use crate::state::{StateMachine, snapshot};
 
 /// A copy of the state at `index` (an entry of `term`).
@@ -42,7 +42,7 @@ pub struct Snapshotter {
 impl Snapshotter {
     /// Starts the snapshot thread; it writes through `writer` and reports to
     /// the driver's `inbox`.
-    pub fn start(writer: SnapshotWriter, inbox: mpsc::Sender<DriverMsg>) -> std::io::Result<Self> {
+    pub fn start(writer: SnapshotWriter, inbox: Inbox) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel();
         let busy = Arc::new(AtomicBool::new(false));
         let thread_busy = busy.clone();
@@ -74,7 +74,7 @@ impl Snapshotter {
 fn run(
     jobs: mpsc::Receiver<SnapshotJob>,
     writer: SnapshotWriter,
-    inbox: mpsc::Sender<DriverMsg>,
+    inbox: Inbox,
     busy: Arc<AtomicBool>,
 ) {
     for job in jobs {

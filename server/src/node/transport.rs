@@ -13,7 +13,6 @@
 //! PERMISSION_DENIED says this member was removed from the cluster.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use fenced_proto::pb::{RaftBatch, SnapshotChunk, peer_client::PeerClient};
@@ -22,7 +21,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::node::DriverMsg;
+use crate::node::{DriverMsg, Inbox};
 
 /// Messages queued per peer before the driver starts dropping them.
 const PEER_QUEUE: usize = 16 * 1024;
@@ -59,7 +58,7 @@ pub struct TransportContext {
     /// The cluster id, checked by the receiver.
     pub cluster_id: u64,
     /// Where to report an unreachable peer.
-    pub inbox: std_mpsc::Sender<DriverMsg>,
+    pub inbox: Inbox,
     /// The runtime the peer tasks run on.
     pub runtime: Handle,
 }
