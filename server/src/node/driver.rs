@@ -1,6 +1,14 @@
 //! The driver: a closed event loop on its own OS thread that owns raft-rs's
 //! `RawNode` and the fjall storage.
 //!
+//! The thread runs a current-thread tokio runtime that carries all peer
+//! traffic too: the transport's tasks and the `Peer` service. A message
+//! from a peer is decoded and handed to the driver on this thread, and the
+//! messages of a Ready leave through the sockets from it: no thread hand-off
+//! on the way in or out (each cost a wake-up). The driver blocks the runtime
+//! while it fsyncs, after yielding once so that the messages a leader sends
+//! ahead of its fsync are on the wire first.
+//!
 //! Each iteration takes every message that is waiting (proposals, peer
 //! messages, reads), ticks when due, starts one batched ReadIndex round, and
 //! handles at most one Ready in the order that keeps invariants 2 and 3:
