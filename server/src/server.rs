@@ -142,7 +142,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
             .add_service(service)
@@ -151,7 +150,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started.peer_runtime.spawn(async move {
             // Registered with this runtime's reactor, not the main one's.
             let listener = TcpListener::from_std(peer_listener)?;
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // tonic ignores its own `tcp_nodelay` for an incoming stream:
+            // without this, small answers on peer connections (forwarded
+            // lease and membership calls, HTTP/2 window updates) could wait
+            // for a delayed ACK.
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |accepted| {
+                    accepted.inspect(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    })
+                },
+            );
             server
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;

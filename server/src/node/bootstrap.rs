@@ -275,10 +275,36 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
     }
     shared.status.set_snapshot_index(applied);
     let (inbox_tx, inbox_rx) = tokio::sync::mpsc::unbounded_channel::<DriverMsg>();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot build the raft driver's runtime")?;
+    // The runtime is built and dropped on the driver thread (a runtime may
+    // not be dropped inside the async context this function runs in). The
+    // thread sends its handle back and waits for the driver; if starting
+    // fails after this, the driver never comes and the thread just ends.
+    let (runtime_tx, runtime_rx) = std::sync::mpsc::sync_channel(1);
+    let (driver_tx, driver_rx) = std::sync::mpsc::sync_channel::<Driver>(1);
+    let driver_thread = std::thread::Builder::new()
+        .name("fenced-raft".into())
+        .spawn(move || -> anyhow::Result<Stopped> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot build the raft driver's runtime")?;
+            let _ = runtime_tx.send(runtime.handle().clone());
+            let Ok(driver) = driver_rx.recv() else {
+                return Ok(Stopped::Shutdown);
+            };
+            let stopped = runtime
+                .block_on(driver.run())
+                .map_err(|err| anyhow::anyhow!("raft storage failed: {err}"));
+            // Ends the peer tasks and the peer service with the driver.
+            runtime.shutdown_background();
+            stopped
+        })?;
+    let Ok(peer_runtime) = runtime_rx.recv() else {
+        return Err(match driver_thread.join() {
+            Ok(Err(err)) => err,
+            _ => anyhow::anyhow!("the raft driver thread stopped before it started"),
+        });
+    };
 
     let peers = shared
         .peers
@@ -290,7 +316,7 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
             from: config.id,
             cluster_id,
             inbox: inbox_tx.clone(),
-            runtime: runtime.handle().clone(),
+            runtime: peer_runtime.clone(),
         },
         &peers,
     );
@@ -315,18 +341,14 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         told: BTreeMap::new(),
         commit_notice: None,
         notice_now: false,
+        unflushed: false,
     };
-    let peer_runtime = runtime.handle().clone();
-    let driver = std::thread::Builder::new()
-        .name("fenced-raft".into())
-        .spawn(move || {
-            let stopped = runtime
-                .block_on(driver.run())
-                .map_err(|err| anyhow::anyhow!("raft storage failed: {err}"));
-            // Ends the peer tasks and the peer service with the driver.
-            runtime.shutdown_background();
-            stopped
-        })?;
+    if driver_tx.send(driver).is_err() {
+        return Err(match driver_thread.join() {
+            Ok(Err(err)) => err,
+            _ => anyhow::anyhow!("the raft driver thread stopped before it started"),
+        });
+    }
 
     let node = Node {
         shared,
@@ -335,7 +357,7 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
     };
     Ok(Started {
         node,
-        driver,
+        driver: driver_thread,
         peer_runtime,
     })
 }

@@ -105,6 +105,9 @@ pub struct Driver {
     /// An entry proposed on another member committed: tell followers now,
     /// the proposer answers its client only once it applied the entry.
     pub(crate) notice_now: bool,
+    /// Messages were queued to the peer tasks since the driver last
+    /// yielded to them.
+    pub(crate) unflushed: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -396,12 +399,17 @@ impl Driver {
 
     async fn on_ready(&mut self) -> Result<(), StorageError> {
         let mut ready = self.raw.ready();
+        if ready.ss().is_some() {
+            // Before any message of this Ready leaves: a peer that hears
+            // from this member as leader, and tells a client so, must not
+            // find this member's status a step behind.
+            self.publish_status();
+        }
         if !ready.messages().is_empty() {
             let msgs = ready.take_messages();
             self.send(msgs);
-            // Let the peer tasks put them on the wire before this thread
-            // blocks in an fsync.
-            tokio::task::yield_now().await;
+            // On the wire before a leader applies and fsyncs.
+            self.flush().await;
         }
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
@@ -429,6 +437,9 @@ impl Driver {
         }
         let hard_state = ready.hs().cloned();
         if !ready.entries().is_empty() || hard_state.is_some() {
+            // Nothing sent may wait behind the fsync (a LightReady's
+            // messages from the previous round, say).
+            self.flush().await;
             let started = Instant::now();
             self.raw
                 .mut_store()
@@ -457,7 +468,7 @@ impl Driver {
         if !persisted.is_empty() {
             self.send(persisted);
             // Acknowledgements go out before this member applies.
-            tokio::task::yield_now().await;
+            self.flush().await;
         }
         for read in ready.take_read_states() {
             self.reads.on_read_state(&read.request_ctx, read.index);
@@ -591,7 +602,16 @@ impl Driver {
         }
     }
 
+    /// Lets the peer tasks (on this thread's runtime) write what was sent
+    /// since the last flush, before the driver goes on with blocking work.
+    async fn flush(&mut self) {
+        if std::mem::take(&mut self.unflushed) {
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
+        self.unflushed |= !msgs.is_empty();
         for msg in msgs {
             let to = msg.to;
             if matches!(
