@@ -96,7 +96,12 @@ def table(workload, heading, rate, intro):
             p50 = mmm([r["p50_us"] for r in rs]); p99 = mmm([r["p99_us"] for r in rs]); p999 = mmm([r["p999_us"] for r in rs])
             errs = sum(r["errors"] for r in rs)
             med[target] = (ops[1], p50[1], p99[1])
-            lines.append(f"| {label} | {target} | {fmt_ops(ops[1])} ({fmt_ops(ops[0])}–{fmt_ops(ops[2])}) | "
+            # A single connection's figure depends on the role of the member
+            # it reached (fenced-bench records it): name it, round by round.
+            system = target
+            if any("member_role" in r for r in rs):
+                system = f"{target} (via {', '.join(r.get('member_role', '?') for r in rs)})"
+            lines.append(f"| {label} | {system} | {fmt_ops(ops[1])} ({fmt_ops(ops[0])}–{fmt_ops(ops[2])}) | "
                          f"{fmt_ms(p50[1])} ({fmt_ms(p50[0])}–{fmt_ms(p50[2])}) | {fmt_ms(p99[1])} ({fmt_ms(p99[0])}–{fmt_ms(p99[2])}) | "
                          f"{fmt_ms(p999[1])} | {errs} |")
         if "etcd" in med and "fenced" in med:

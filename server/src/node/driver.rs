@@ -597,7 +597,10 @@ impl Driver {
                     entry.index
                 ));
             }
-            Command::MemberChange(MemberChange::Remove { id }) => self.transport.remove_peer(id),
+            Command::MemberChange(MemberChange::Remove { id }) => {
+                self.transport.remove_peer(id);
+                self.told.remove(&id);
+            }
             _ => {}
         }
     }

@@ -260,24 +260,33 @@ async fn main() -> anyhow::Result<()> {
     }
     let summary = match args.workload.clone() {
         Workload::Put { keys, value_size } => {
-            let targets = connect(&args).await?;
-            run_put(&args, &targets, stop, keys, value_size).await?
+            let (targets, role) = connect(&args).await?;
+            with_role(
+                run_put(&args, &targets, stop, keys, value_size).await?,
+                role,
+            )
         }
         Workload::Range {
             keys,
             value_size,
             serializable,
         } => {
-            let targets = connect(&args).await?;
-            run_range(&args, &targets, stop, keys, value_size, serializable).await?
+            let (targets, role) = connect(&args).await?;
+            with_role(
+                run_range(&args, &targets, stop, keys, value_size, serializable).await?,
+                role,
+            )
         }
         Workload::Lock { locks } => {
-            let targets = connect(&args).await?;
-            run_lock(&args, &targets, stop, locks).await?
+            let (targets, role) = connect(&args).await?;
+            with_role(run_lock(&args, &targets, stop, locks).await?, role)
         }
         Workload::LeaseKeepalive { ttl, interval_ms } => {
-            let targets = connect(&args).await?;
-            run_lease_keepalive(&args, &targets, stop, ttl, interval_ms).await?
+            let (targets, role) = connect(&args).await?;
+            with_role(
+                run_lease_keepalive(&args, &targets, stop, ttl, interval_ms).await?,
+                role,
+            )
         }
         Workload::WatchLatency {
             watchers,
@@ -305,8 +314,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `--conns` connections of `put` and `lock`.
-async fn connect(args: &Args) -> anyhow::Result<Vec<Target>> {
+/// The `--conns` connections of `put`, `range`, `lock` and
+/// `lease-keepalive`, and, for fenced with one connection, the role of the
+/// member it reaches at the start ("leader", "follower"): a 1-client figure
+/// depends on it, and with `--route spread` it is whichever role the first
+/// endpoint has. (etcd-client balances its one connection over every
+/// endpoint, so no single role applies.)
+async fn connect(args: &Args) -> anyhow::Result<(Vec<Target>, Option<String>)> {
     let conns = match args.conns {
         0 => args.clients.min(16),
         n => n,
@@ -317,7 +331,19 @@ async fn connect(args: &Args) -> anyhow::Result<Vec<Target>> {
         let index = if spread { i } else { 0 };
         targets.push(Target::connect(args.target, &endpoints, index, args.route).await?);
     }
-    Ok(targets)
+    let role = match (args.target, conns, endpoints.first()) {
+        (TargetKind::Fenced, 1, Some(first)) => target::member_role(args.target, first).await.ok(),
+        _ => None,
+    };
+    Ok((targets, role))
+}
+
+/// `summary` with the `member_role` of its single connection, if known.
+fn with_role(mut summary: Summary, role: Option<String>) -> Summary {
+    if let Some(role) = role {
+        summary.extra.insert("member_role".into(), role.into());
+    }
+    summary
 }
 
 /// The endpoints in the order connections use them, and whether
