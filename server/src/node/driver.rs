@@ -502,15 +502,11 @@ impl Driver {
             return false;
         }
         let committed = raft.raft_log.committed;
-        let behind: Vec<u64> = raft
-            .prs()
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| {
-                *id != self.shared.id && self.told.get(id).copied().unwrap_or(0) < committed
-            })
-            .collect();
-        if behind.is_empty() {
+        let me = self.shared.id;
+        let told = &self.told;
+        let is_behind = |id: u64| id != me && told.get(&id).copied().unwrap_or(0) < committed;
+        // Checked on every loop iteration: no allocation unless a notice goes.
+        if !raft.prs().iter().any(|(id, _)| is_behind(*id)) {
             self.commit_notice = None;
             self.notice_now = false;
             return false;
@@ -519,6 +515,12 @@ impl Driver {
         if !self.notice_now && now < due {
             return false;
         }
+        let behind: Vec<u64> = raft
+            .prs()
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| is_behind(*id))
+            .collect();
         metrics::counter!("fenced_raft_commit_notices_total").increment(1);
         for id in behind {
             self.raw.raft.send_append(id);
