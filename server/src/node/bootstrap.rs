@@ -342,6 +342,7 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         commit_notice: None,
         notice_now: false,
         unflushed: false,
+        parked_change: None,
     };
     if driver_tx.send(driver).is_err() {
         return Err(match driver_thread.join() {

@@ -31,32 +31,25 @@
 //! ahead of any later entry. Local snapshots are written by the snapshot
 //! thread; the driver only records them and compacts the log.
 //!
-//! Membership changes are proposed here, one at a time and only by the
-//! leader, as single-step `ConfChangeV2`s (never a joint configuration), so
-//! the replicated member table always equals raft's configuration.
+//! Membership changes and leadership transfers are proposed from here too
+//! ([`crate::node::conf`]).
 //!
 //! **Architecture Invariant:** a storage error stops the member (fail-stop).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{
-    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
-    EntryType, MessageType,
-};
-use raft::{ProgressState, RawNode, SnapshotStatus, StateRole, Storage as _};
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use crate::node::apply::Applier;
+use crate::node::conf::ParkedChange;
 use crate::node::proposals::Envelope;
 use crate::node::read_index::ReadIndexBatcher;
 use crate::node::storage::{FjallStorage, StorageError};
 use crate::node::transport::Transport;
 use crate::node::{DriverMsg, NodeError, Role, Shared};
 use crate::state::{Command, MemberChange};
-
-/// A learner may be promoted once its log is at most this many entries
-/// behind the leader's.
-pub const PROMOTE_MAX_LAG: u64 = 1000;
 
 /// Why the driver stopped without a storage failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +101,9 @@ pub struct Driver {
     /// Messages were queued to the peer tasks since the driver last
     /// yielded to them.
     pub(crate) unflushed: bool,
+    /// A membership change waiting for this new leader to apply the
+    /// entries of earlier terms ([`crate::node::conf`]).
+    pub(crate) parked_change: Option<ParkedChange>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -167,6 +163,9 @@ impl Driver {
             if self.raw.has_ready() {
                 self.on_ready().await?;
             }
+            if self.retry_parked_change(Instant::now()) && self.raw.has_ready() {
+                self.on_ready().await?;
+            }
             if self.notice_commit(Instant::now()) && self.raw.has_ready() {
                 self.on_ready().await?;
             }
@@ -222,14 +221,7 @@ impl Driver {
                 change,
                 context,
                 seq,
-            } => {
-                if let Err(err) = self.propose_conf_change(&change, context) {
-                    self.shared.proposals.complete(seq, Err(err));
-                } else {
-                    let index = self.raw.raft.raft_log.last_index();
-                    self.shared.proposals.expect_at(index, seq);
-                }
-            }
+            } => self.conf_change(change, context, seq),
             DriverMsg::TransferLeader { target, reply } => {
                 let _ = reply.send(self.transfer_leader(target));
             }
@@ -254,120 +246,6 @@ impl Driver {
             DriverMsg::Shutdown => return false,
         }
         true
-    }
-
-    /// Checks and proposes one membership change. Refused unless this member
-    /// leads, no other change is pending, and (for a promotion) the learner
-    /// has caught up.
-    fn propose_conf_change(
-        &mut self,
-        change: &MemberChange,
-        context: Vec<u8>,
-    ) -> Result<(), NodeError> {
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader {
-            return Err(NodeError::Unavailable(format!(
-                "member {} is not the leader (leader: {}); retry",
-                self.shared.id, raft.leader_id
-            )));
-        }
-        let conf = raft.prs().conf().to_conf_state();
-        if raft.has_pending_conf() || !conf.voters_outgoing.is_empty() {
-            return Err(NodeError::FailedPrecondition(
-                "another membership change is in flight; retry once it is applied".into(),
-            ));
-        }
-        let (change_type, id) = match change {
-            MemberChange::Add { id, learner, .. } => (
-                if *learner {
-                    ConfChangeType::AddLearnerNode
-                } else {
-                    ConfChangeType::AddNode
-                },
-                *id,
-            ),
-            MemberChange::Promote { id } => {
-                let last = raft.raft_log.last_index();
-                let Some(progress) = raft.prs().get(*id) else {
-                    return Err(NodeError::FailedPrecondition(format!(
-                        "member {id} is not in raft's configuration"
-                    )));
-                };
-                let behind = last.saturating_sub(progress.matched);
-                // A learner that never acknowledged anything has not caught up,
-                // however short the log.
-                if progress.matched == 0
-                    || progress.state == ProgressState::Snapshot
-                    || behind > PROMOTE_MAX_LAG
-                {
-                    return Err(NodeError::FailedPrecondition(format!(
-                        "learner {id} has not caught up: it has the log up to index {} of {last} \
-                         ({behind} behind, at most {PROMOTE_MAX_LAG} allowed); retry once it has",
-                        progress.matched
-                    )));
-                }
-                (ConfChangeType::AddNode, *id)
-            }
-            MemberChange::Remove { id } => (ConfChangeType::RemoveNode, *id),
-        };
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(change_type);
-        single.node_id = id;
-        let mut cc = ConfChangeV2::default();
-        cc.set_transition(ConfChangeTransition::Auto);
-        cc.set_changes(vec![single].into());
-        cc.context = context.into();
-        let before = self.raw.raft.raft_log.last_index();
-        self.raw
-            .propose_conf_change(vec![], cc)
-            .map_err(|err| NodeError::Unavailable(format!("membership change dropped: {err}")))?;
-        if self.raw.raft.raft_log.last_index() == before {
-            return Err(NodeError::Unavailable(
-                "membership change dropped (leadership is moving); retry".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// fenced never enters a joint configuration itself, but if one is
-    /// found (an older member, or raft-rs's own auto-leave lost with a
-    /// leader change: its `commit_apply` only leaves on the leader that
-    /// entered), the leader proposes the empty change that leaves it.
-    fn leave_stalled_joint(&mut self) {
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader
-            || raft.has_pending_conf()
-            || raft.prs().conf().to_conf_state().voters_outgoing.is_empty()
-        {
-            return;
-        }
-        tracing::warn!("leaving a stalled joint configuration");
-        if let Err(err) = self
-            .raw
-            .propose_conf_change(vec![], ConfChangeV2::default())
-        {
-            tracing::warn!(cause = %err, "could not propose leaving the joint configuration");
-        }
-    }
-
-    fn transfer_leader(&mut self, target: u64) -> Result<(), NodeError> {
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader {
-            return Err(NodeError::Unavailable(format!(
-                "member {} is not the leader (leader: {}); retry",
-                self.shared.id, raft.leader_id
-            )));
-        }
-        if target == self.shared.id {
-            return Ok(());
-        }
-        if !raft.prs().conf().to_conf_state().voters.contains(&target) {
-            return Err(NodeError::FailedPrecondition(format!(
-                "member {target} is not a voter; only a voter can lead"
-            )));
-        }
-        self.raw.transfer_leader(target);
-        Ok(())
     }
 
     /// Records a snapshot the snapshot thread wrote, and compacts the log up

@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod bootstrap;
+pub mod conf;
 pub mod driver;
 pub mod logger;
 pub mod proposals;
