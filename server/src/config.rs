@@ -114,6 +114,15 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub watch_progress_interval_ms: u64,
 
+    /// Threads that run the member's event loop: client and peer traffic
+    /// and the raft driver. 1 (the default) runs everything on one thread,
+    /// which blocks during each log fsync; that costs the fewest thread
+    /// wake-ups and measured fastest on a 2-vCPU machine
+    /// (docs/benchmarks.md). More threads use a work-stealing runtime, the
+    /// fsync handed off so the other threads keep serving.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: u16,
+
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     #[arg(long, default_value = "info,fjall=warn,lsm_tree=warn")]
     pub log: String,

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! A request travels: gRPC service in [`api`] → [`node::Node`] (propose or
-//! ReadIndex) → the driver thread in [`node::driver`] (owns raft-rs's
+//! ReadIndex) → the driver task in [`node::driver`] (owns raft-rs's
 //! `RawNode`, persists through [`node::storage`], sends through
 //! [`node::transport`], applies committed entries to the pure
 //! [`state::StateMachine`] and wakes the waiting request).

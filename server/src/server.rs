@@ -131,13 +131,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .await
         })
     };
-    // Peer traffic is served on the driver's own thread (its runtime), so a
-    // raft message reaches the driver without a thread hand-off.
     let peer_server = {
         let mut stop = stop_rx.clone();
-        let peer_listener = peer_listener
-            .into_std()
-            .context("cannot hand the peer listener to the raft driver")?;
         let service = PeerServer::new(PeerService::new(node.clone(), lessor.clone()))
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
@@ -147,15 +142,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .add_service(service)
             // Membership calls forwarded to the leader arrive here.
             .add_service(ClusterServer::new(ClusterService::new(node.clone())));
-        started.peer_runtime.spawn(async move {
-            // Registered with this runtime's reactor, not the main one's.
-            let listener = TcpListener::from_std(peer_listener)?;
+        tokio::spawn(async move {
             // tonic ignores its own `tcp_nodelay` for an incoming stream:
             // without this, small answers on peer connections (forwarded
             // lease and membership calls, HTTP/2 window updates) could wait
             // for a delayed ACK.
             let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
                 |accepted| {
                     accepted.inspect(|tcp| {
                         let _ = tcp.set_nodelay(true);
@@ -171,23 +164,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
     };
 
-    let driver = started.driver;
     let mut removed = false;
-    let mut driver_done = tokio::task::spawn_blocking(move || driver.join());
+    let mut driver_done = started.driver;
     let failure = tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!(signal, "shutting down");
             None
         }
         joined = &mut driver_done => match joined {
-            Ok(Ok(Ok(Stopped::Removed(why)))) => {
+            Ok(Ok(Stopped::Removed(why))) => {
                 tracing::warn!(%why, "this member was removed from the cluster; stopping");
                 removed = true;
                 None
             }
-            Ok(Ok(Ok(Stopped::Shutdown))) => Some(anyhow::anyhow!("the raft driver stopped unexpectedly")),
-            Ok(Ok(Err(err))) => Some(err),
-            Ok(Err(_)) | Err(_) => Some(anyhow::anyhow!("the raft driver panicked")),
+            Ok(Ok(Stopped::Shutdown)) => Some(anyhow::anyhow!("the raft driver stopped unexpectedly")),
+            Ok(Err(err)) => Some(anyhow::anyhow!("raft storage failed: {err}")),
+            Err(_) => Some(anyhow::anyhow!("the raft driver panicked")),
         },
     };
     // Watch and observe streams never end by themselves: end them first,
@@ -214,7 +206,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     peer_server.abort();
     if !removed {
         match tokio::time::timeout(Duration::from_secs(5), driver_done).await {
-            Ok(Ok(Ok(Err(err)))) => return Err(err),
+            Ok(Ok(Err(err))) => return Err(anyhow::anyhow!("raft storage failed: {err}")),
             Ok(_) => {}
             Err(_) => tracing::warn!("raft driver did not stop within 5s"),
         }

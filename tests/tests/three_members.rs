@@ -60,7 +60,18 @@ async fn serializable_value(cluster: &Cluster, id: u64, key: &str) -> anyhow::Re
 #[tokio::test]
 async fn writes_through_any_member_survive_a_leader_crash_and_the_crashed_member_catches_up()
 -> anyhow::Result<()> {
-    let cluster = Cluster::start(3).await?;
+    survive_a_leader_crash(ClusterConfig::new(3)).await
+}
+
+/// The same with members on a work-stealing runtime: the driver's fsync
+/// goes through `block_in_place` there (one thread, the default, blocks).
+#[tokio::test]
+async fn members_with_several_worker_threads_survive_a_leader_crash() -> anyhow::Result<()> {
+    survive_a_leader_crash(ClusterConfig::new(3).args(["--worker-threads", "3"])).await
+}
+
+async fn survive_a_leader_crash(config: ClusterConfig) -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(config).await?;
     let old_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
     let follower = cluster
         .ids()

@@ -1,12 +1,12 @@
-//! Applying committed entries to the state machine, in log order, on the
-//! driver's thread, and waking the requests waiting on them. Also installs
+//! Applying committed entries to the state machine, in log order, in the
+//! driver's task, and waking the requests waiting on them. Also installs
 //! snapshots received from the leader, and starts local snapshots every
 //! `--snapshot-interval` entries.
 //!
-//! Applying runs on the driver thread, not a thread of its own: a hand-off
+//! Applying runs in the driver, not on a thread of its own: a hand-off
 //! per commit cost a thread wake-up on the path of every write (about
 //! 40 µs on the benchmark machine), while applying a batch of small
-//! commands takes microseconds. Large work stays off this thread: a local
+//! commands takes microseconds. Large work stays out of the driver: a local
 //! snapshot only clones the state (constant time) and hands it to the
 //! snapshot thread, and watchers are fed by the fan-out thread.
 

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::thread::JoinHandle;
 
 use anyhow::{Context, bail};
 use fjall::{Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -23,21 +22,19 @@ use crate::node::apply::{Applier, SnapshotPolicy};
 use crate::node::driver::{Driver, Stopped};
 use crate::node::read_index::ReadIndexBatcher;
 use crate::node::snapshots::{Snapshotter, conf_state_of};
-use crate::node::storage::FjallStorage;
+use crate::node::storage::{FjallStorage, StorageError};
 use crate::node::transport::{Transport, TransportContext};
 use crate::node::{DriverMsg, Node, RaftStatus, Shared, logger, proposals};
 use crate::state::{MemberTable, StateMachine, snapshot};
 
-/// A started member's core: the handle and its threads.
+/// A started member's core: the handle and the driver's task.
 #[derive(Debug)]
 pub struct Started {
     /// The handle for the API layer.
     pub node: Node,
-    /// Driver thread; its result says why it stopped, or a storage failure.
-    pub driver: JoinHandle<anyhow::Result<Stopped>>,
-    /// The driver thread's runtime, which also carries all peer traffic:
-    /// serve the `Peer` service on it (see [`crate::node::driver`]).
-    pub peer_runtime: tokio::runtime::Handle,
+    /// The driver's task; its result says why it stopped, or a storage
+    /// failure.
+    pub driver: tokio::task::JoinHandle<Result<Stopped, StorageError>>,
 }
 
 /// What a data dir records about the member it belongs to.
@@ -275,37 +272,6 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
     }
     shared.status.set_snapshot_index(applied);
     let (inbox_tx, inbox_rx) = tokio::sync::mpsc::unbounded_channel::<DriverMsg>();
-    // The runtime is built and dropped on the driver thread (a runtime may
-    // not be dropped inside the async context this function runs in). The
-    // thread sends its handle back and waits for the driver; if starting
-    // fails after this, the driver never comes and the thread just ends.
-    let (runtime_tx, runtime_rx) = std::sync::mpsc::sync_channel(1);
-    let (driver_tx, driver_rx) = std::sync::mpsc::sync_channel::<Driver>(1);
-    let driver_thread = std::thread::Builder::new()
-        .name("fenced-raft".into())
-        .spawn(move || -> anyhow::Result<Stopped> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot build the raft driver's runtime")?;
-            let _ = runtime_tx.send(runtime.handle().clone());
-            let Ok(driver) = driver_rx.recv() else {
-                return Ok(Stopped::Shutdown);
-            };
-            let stopped = runtime
-                .block_on(driver.run())
-                .map_err(|err| anyhow::anyhow!("raft storage failed: {err}"));
-            // Ends the peer tasks and the peer service with the driver.
-            runtime.shutdown_background();
-            stopped
-        })?;
-    let Ok(peer_runtime) = runtime_rx.recv() else {
-        return Err(match driver_thread.join() {
-            Ok(Err(err)) => err,
-            _ => anyhow::anyhow!("the raft driver thread stopped before it started"),
-        });
-    };
-
     let peers = shared
         .peers
         .read()
@@ -316,7 +282,7 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
             from: config.id,
             cluster_id,
             inbox: inbox_tx.clone(),
-            runtime: peer_runtime.clone(),
+            runtime: tokio::runtime::Handle::current(),
         },
         &peers,
     );
@@ -343,24 +309,16 @@ pub fn start(config: &Config, opened: Opened, joined: Option<Joined>) -> anyhow:
         notice_now: false,
         unflushed: false,
         parked_change: None,
+        multi_thread: tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread,
     };
-    if driver_tx.send(driver).is_err() {
-        return Err(match driver_thread.join() {
-            Ok(Err(err)) => err,
-            _ => anyhow::anyhow!("the raft driver thread stopped before it started"),
-        });
-    }
-
+    let driver = tokio::spawn(driver.run());
     let node = Node {
         shared,
         inbox: inbox_tx,
         default_timeout: config.request_timeout(),
     };
-    Ok(Started {
-        node,
-        driver: driver_thread,
-        peer_runtime,
-    })
+    Ok(Started { node, driver })
 }
 
 /// Writes the bootstrap snapshot of a new static cluster: the empty state

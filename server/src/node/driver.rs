@@ -1,13 +1,16 @@
-//! The driver: a closed event loop on its own OS thread that owns raft-rs's
+//! The driver: a closed event loop, one tokio task, that owns raft-rs's
 //! `RawNode` and the fjall storage.
 //!
-//! The thread runs a current-thread tokio runtime that carries all peer
-//! traffic too: the transport's tasks and the `Peer` service. A message
-//! from a peer is decoded and handed to the driver on this thread, and the
-//! messages of a Ready leave through the sockets from it: no thread hand-off
-//! on the way in or out (each cost a wake-up). The driver blocks the runtime
-//! while it fsyncs, after yielding once so that the messages a leader sends
-//! ahead of its fsync are on the wire first.
+//! It runs on the member's runtime next to the client and peer traffic:
+//! a request, a raft message or an acknowledgement reaches it, and its
+//! answers leave, without a hand-off to another thread (each cost a
+//! wake-up, about 50 µs on the 2-vCPU machine of docs/benchmarks.md). With
+//! `--worker-threads 1` (the default) that runtime is a single thread and
+//! the driver blocks it while it fsyncs, after yielding once so that the
+//! messages a leader sends ahead of its fsync are on the wire first; the
+//! requests that arrive meanwhile wait in their sockets and go into the
+//! next batch. With more worker threads the fsync goes through
+//! `block_in_place`, and the other threads serve on.
 //!
 //! Each iteration takes every message that is waiting (proposals, peer
 //! messages, reads), ticks when due, starts one batched ReadIndex round, and
@@ -20,7 +23,7 @@
 //! 4. send `persisted_messages()`,
 //! 5. a follower applies the committed entries, then `advance`.
 //!
-//! Applying happens on this thread ([`Applier`]): a hand-off to another
+//! Applying happens in the driver too ([`Applier`]): a hand-off to another
 //! thread cost a wake-up per commit.
 //!
 //! Proposals that arrive while a batch is being persisted wait in the inbox
@@ -104,6 +107,11 @@ pub struct Driver {
     /// A membership change waiting for this new leader to apply the
     /// entries of earlier terms ([`crate::node::conf`]).
     pub(crate) parked_change: Option<ParkedChange>,
+    /// The runtime has other worker threads: blocking storage calls are
+    /// made with `block_in_place`, so they serve on while this one waits.
+    /// On a current-thread runtime the whole member waits (see the module
+    /// docs).
+    pub(crate) multi_thread: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -293,7 +301,8 @@ impl Driver {
             let snapshot = ready.snapshot().clone();
             let index = snapshot.get_metadata().index;
             let started = Instant::now();
-            self.raw.mut_store().apply_snapshot(snapshot.clone())?;
+            let store = self.raw.mut_store();
+            blocking(self.multi_thread, || store.apply_snapshot(snapshot.clone()))?;
             tracing::info!(
                 index,
                 bytes = snapshot.get_data().len(),
@@ -319,9 +328,11 @@ impl Driver {
             // messages from the previous round, say).
             self.flush().await;
             let started = Instant::now();
-            self.raw
-                .mut_store()
-                .persist(ready.entries(), hard_state.as_ref())?;
+            let store = self.raw.mut_store();
+            let entries = ready.entries();
+            blocking(self.multi_thread, || {
+                store.persist(entries, hard_state.as_ref())
+            })?;
             metrics::histogram!("fenced_raft_persist_seconds").record(started.elapsed());
             metrics::histogram!("fenced_raft_entries_per_persist")
                 .record(ready.entries().len() as f64);
@@ -548,5 +559,16 @@ impl Driver {
             first,
             raft.raft_log.last_index(),
         );
+    }
+}
+
+/// Runs a blocking storage call: on a multi-thread runtime through
+/// `block_in_place` (the worker's other tasks move to another thread), on
+/// a current-thread runtime in place.
+fn blocking<T>(multi_thread: bool, call: impl FnOnce() -> T) -> T {
+    if multi_thread {
+        tokio::task::block_in_place(call)
+    } else {
+        call()
     }
 }

@@ -59,7 +59,7 @@ pub enum NodeError {
 /// it.
 pub type Inbox = tokio::sync::mpsc::UnboundedSender<DriverMsg>;
 
-/// A message to the driver thread.
+/// A message to the driver.
 #[derive(Debug)]
 pub enum DriverMsg {
     /// Propose entry data (an encoded [`proposals::Envelope`]) with this seq.

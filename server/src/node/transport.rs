@@ -59,8 +59,8 @@ pub struct TransportContext {
     pub cluster_id: u64,
     /// Where to report an unreachable peer.
     pub inbox: Inbox,
-    /// The runtime the peer tasks run on: the driver's own (see
-    /// [`crate::node::driver`]).
+    /// The runtime the peer tasks run on: the member's, which runs the
+    /// driver's task too (see [`crate::node::driver`]).
     pub runtime: Handle,
 }
 
