@@ -117,9 +117,10 @@ pub struct Config {
     /// Threads that run the member's event loop: client and peer traffic
     /// and the raft driver. 1 (the default) runs everything on one thread,
     /// which blocks during each log fsync; that costs the fewest thread
-    /// wake-ups and measured fastest on a 2-vCPU machine
-    /// (docs/benchmarks.md). More threads use a work-stealing runtime, the
-    /// fsync handed off so the other threads keep serving.
+    /// wake-ups and measured fastest on a 2-vCPU machine, except for
+    /// delivering events to thousands of watchers (docs/benchmarks.md).
+    /// More threads use a work-stealing runtime, the fsync handed off so
+    /// the other threads keep serving.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: u16,
 
