@@ -244,6 +244,7 @@ async fn lock_delay_holds_the_lock_after_an_expiry_but_not_after_a_release() -> 
     .await?;
     let (granted_at, _) = granted.await??;
     let waited = granted_at - killed_at;
+    println!("granted {waited:?} after the holder died (TTL {ttl:?}, delay {delay:?})");
     assert!(
         waited >= ttl * 2 / 3 + delay,
         "granted {waited:?} after the holder died: the {delay:?} delay was not kept"

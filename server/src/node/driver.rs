@@ -48,7 +48,7 @@ use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use crate::node::apply::Applier;
 use crate::node::conf::ParkedChange;
 use crate::node::proposals::Envelope;
-use crate::node::read_index::ReadIndexBatcher;
+use crate::node::read_index::{ReadGate, ReadIndexBatcher};
 use crate::node::storage::{FjallStorage, StorageError};
 use crate::node::transport::Transport;
 use crate::node::{DriverMsg, NodeError, Role, Shared};
@@ -164,10 +164,16 @@ impl Driver {
                 self.reads.expire(now, read_timeout);
                 self.leave_stalled_joint();
             }
-            let leader_known = self.raw.raft.leader_id != raft::INVALID_ID;
+            let raft = &self.raw.raft;
+            let gate = if raft.leader_id == raft::INVALID_ID {
+                ReadGate::NoLeader
+            } else if raft.state == StateRole::Leader && !raft.commit_to_current_term() {
+                ReadGate::NotYet
+            } else {
+                ReadGate::Open
+            };
             let raw = &mut self.raw;
-            self.reads
-                .flush(leader_known, now, |ctx| raw.read_index(ctx));
+            self.reads.flush(gate, now, |ctx| raw.read_index(ctx));
             if self.raw.has_ready() {
                 self.on_ready().await?;
             }

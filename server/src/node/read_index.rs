@@ -11,6 +11,17 @@ use crate::node::NodeError;
 type Reply = oneshot::Sender<Result<u64, NodeError>>;
 
 /// Read requests queued for the next round and rounds awaiting their index.
+/// Whether a ReadIndex round can be started now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadGate {
+    /// No leader is known.
+    NoLeader,
+    /// This member leads but has not committed an entry of its term yet.
+    NotYet,
+    /// A round can go to the leader (this member or another).
+    Open,
+}
+
 #[derive(Debug, Default)]
 pub struct ReadIndexBatcher {
     queued: Vec<Reply>,
@@ -24,15 +35,24 @@ impl ReadIndexBatcher {
         self.queued.push(reply);
     }
 
-    /// Starts one round for everything queued, through `issue(ctx)`. With no
-    /// leader known, raft-rs would drop the request silently, so answer
-    /// UNAVAILABLE at once instead.
-    pub fn flush(&mut self, leader_known: bool, now: Instant, issue: impl FnOnce(Vec<u8>)) {
+    /// Starts one round for everything queued, through `issue(ctx)`. raft-rs
+    /// drops a ReadIndex silently when no leader is known, and on a leader
+    /// that has not yet committed an entry of its term. With no leader,
+    /// answer UNAVAILABLE at once; on such a new leader, keep the reads
+    /// queued until it has committed (a few milliseconds), rather than lose
+    /// the round and make every reader wait out its retry (an election
+    /// timeout).
+    pub fn flush(&mut self, gate: ReadGate, now: Instant, issue: impl FnOnce(Vec<u8>)) {
         if self.queued.is_empty() {
             return;
         }
+        if gate == ReadGate::NotYet {
+            // Readers that gave up are forgotten; the rest wait.
+            self.queued.retain(|reply| !reply.is_closed());
+            return;
+        }
         let replies = std::mem::take(&mut self.queued);
-        if !leader_known {
+        if gate == ReadGate::NoLeader {
             for reply in replies {
                 let _ = reply.send(Err(NodeError::Unavailable(
                     "no leader is known; cannot serve a linearizable read".into(),
@@ -95,7 +115,7 @@ mod tests {
         b.push(tx1);
         b.push(tx2);
         let mut issued = Vec::new();
-        b.flush(true, Instant::now(), |ctx| issued.push(ctx));
+        b.flush(ReadGate::Open, Instant::now(), |ctx| issued.push(ctx));
         assert_eq!(issued.len(), 1, "two reads, one round");
         b.on_read_state(&issued[0], 42);
         assert_eq!(rx1.try_recv().unwrap().unwrap(), 42);
@@ -108,7 +128,7 @@ mod tests {
         let mut b = ReadIndexBatcher::default();
         let (tx, mut rx) = oneshot::channel();
         b.push(tx);
-        b.flush(false, Instant::now(), |_| {
+        b.flush(ReadGate::NoLeader, Instant::now(), |_| {
             panic!("must not issue without a leader")
         });
         assert!(matches!(
@@ -119,7 +139,7 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         b.push(tx);
         let start = Instant::now();
-        b.flush(true, start, |_| {});
+        b.flush(ReadGate::Open, start, |_| {});
         b.expire(start + Duration::from_millis(10), Duration::from_secs(1));
         assert!(rx.try_recv().is_err(), "not expired yet");
         b.expire(start + Duration::from_secs(2), Duration::from_secs(1));
@@ -127,5 +147,25 @@ mod tests {
             rx.try_recv().unwrap(),
             Err(NodeError::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn a_new_leader_holds_reads_until_it_has_committed_in_its_term() {
+        let mut b = ReadIndexBatcher::default();
+        let (waiting, mut waiting_rx) = oneshot::channel();
+        let (gave_up, gave_up_rx) = oneshot::channel();
+        b.push(waiting);
+        b.push(gave_up);
+        drop(gave_up_rx);
+        b.flush(ReadGate::NotYet, Instant::now(), |_| {
+            panic!("must not issue a round raft-rs would drop")
+        });
+        assert!(waiting_rx.try_recv().is_err(), "answered too early");
+        assert_eq!(b.len(), 1, "the reader that gave up is forgotten");
+        let mut issued = Vec::new();
+        b.flush(ReadGate::Open, Instant::now(), |ctx| issued.push(ctx));
+        assert_eq!(issued.len(), 1);
+        b.on_read_state(&issued[0], 7);
+        assert_eq!(waiting_rx.try_recv().unwrap().unwrap(), 7);
     }
 }
