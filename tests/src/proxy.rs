@@ -205,29 +205,43 @@ async fn forward(
     let (outbound_read, outbound_write) = outbound.into_split();
     let both_ways = async {
         tokio::try_join!(
-            pipe(inbound_read, outbound_write, &bytes),
-            pipe(outbound_read, inbound_write, &bytes),
+            pipe(inbound_read, outbound_write, &bytes, &cut),
+            pipe(outbound_read, inbound_write, &bytes, &cut),
         )
     };
+    let mut cut_now = cut.clone();
     tokio::select! {
+        // A cut that is already visible wins over bytes ready to forward.
+        biased;
+        _ = cut_now.wait_for(|cut| *cut) => {}
         _ = both_ways => {}
-        // `wait_for` also returns (with an error) when the network is
-        // dropped; either way the connection ends here.
-        _ = cut.wait_for(|cut| *cut) => {}
     }
 }
 
 /// Copies one direction until end of stream, then passes the end on.
+///
+/// The cut is checked between reading bytes and writing them on, so nothing
+/// a member writes after [`PeerNetwork::cut`] returned is forwarded, however
+/// late this task runs: the forwarding task may not have been scheduled since
+/// the cut, and bytes already waiting in the socket would otherwise go
+/// through. (Bytes read before the cut was visible were written before it.)
 async fn pipe(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     bytes: &AtomicU64,
+    cut: &watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut buffer = vec![0; 64 * 1024];
     loop {
         let n = from.read(&mut buffer).await?;
         if n == 0 {
             return to.shutdown().await;
+        }
+        if *cut.borrow() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the link is cut",
+            ));
         }
         // Counted before the write, so a test that saw the bytes arrive
         // also sees them counted.
