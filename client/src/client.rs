@@ -61,6 +61,17 @@ const ROUTE_REFRESH: Duration = Duration::from_secs(5);
 /// How long the leader lookup waits for each member's `Status`.
 const ROUTE_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The largest response the client decodes: 2 GiB, etcd's client default.
+/// A range over many keys can be far larger than gRPC's usual 4 MiB, and
+/// the server sends it whole; refusing it here would fail the read after
+/// the work was done, with a message about message sizes.
+pub(crate) const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
+/// A KV stub that accepts responses up to [`MAX_RESPONSE_BYTES`].
+fn kv(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
 /// When the leader was last looked up, and whether a lookup is running.
 #[derive(Debug, Default)]
 struct Routing {
@@ -144,7 +155,7 @@ impl Client {
     pub async fn put_with(&self, request: PutRequest) -> Result<PutResponse, Error> {
         self.call(|channel, timeout| {
             let request = with_timeout(request.clone(), timeout);
-            async move { KvClient::new(channel).put(request).await }
+            async move { kv(channel).put(request).await }
         })
         .await
     }
@@ -164,7 +175,7 @@ impl Client {
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Error> {
         self.call(|channel, timeout| {
             let request = with_timeout(request.clone(), timeout);
-            async move { KvClient::new(channel).range(request).await }
+            async move { kv(channel).range(request).await }
         })
         .await
     }
@@ -185,7 +196,7 @@ impl Client {
     ) -> Result<DeleteRangeResponse, Error> {
         self.call(|channel, timeout| {
             let request = with_timeout(request.clone(), timeout);
-            async move { KvClient::new(channel).delete_range(request).await }
+            async move { kv(channel).delete_range(request).await }
         })
         .await
     }
@@ -195,7 +206,7 @@ impl Client {
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, Error> {
         self.call(|channel, timeout| {
             let request = with_timeout(request.clone(), timeout);
-            async move { KvClient::new(channel).txn(request).await }
+            async move { kv(channel).txn(request).await }
         })
         .await
     }

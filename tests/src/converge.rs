@@ -134,6 +134,37 @@ impl Cluster {
         .await
     }
 
+    /// Waits as [`Cluster::wait_converged`] does, then reads every running
+    /// member's state digest, and returns the statuses once all of them
+    /// describe the same applied index. The caller compares the digests.
+    ///
+    /// An entry can commit between two digest reads even when no client
+    /// writes: a restarted member publishes its addresses once it knows a
+    /// leader (`MemberPublish`), possibly after the others were read. Digests
+    /// of different indexes say nothing, so such a read is taken again.
+    pub async fn digests_at_one_index(
+        &self,
+        timeout: Duration,
+    ) -> anyhow::Result<BTreeMap<u64, StatusResponse>> {
+        wait_for(timeout, "every member's digest at one applied index", || async {
+            let converged = self.wait_converged(timeout).await?;
+            let mut statuses = BTreeMap::new();
+            for &id in converged.keys() {
+                statuses.insert(id, self.status_with_digest(id).await?);
+            }
+            let indexes: Vec<(u64, u64)> = statuses
+                .iter()
+                .map(|(&id, s)| (id, s.applied_index))
+                .collect();
+            ensure!(
+                indexes.windows(2).all(|w| w[0].1 == w[1].1),
+                "an entry committed while the digests were read: (member, applied index) {indexes:?}"
+            );
+            anyhow::Ok(statuses)
+        })
+        .await
+    }
+
     /// Every key member `id` holds, read serializably (from its applied
     /// state, without asking the leader), with one request and no retry.
     pub async fn contents(&self, id: u64) -> anyhow::Result<Contents> {

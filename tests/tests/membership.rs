@@ -174,12 +174,12 @@ async fn join_promote_remove_and_transfer_while_serving() -> anyhow::Result<()> 
     ensure!(ttl > 0, "lease {lease} expired (ttl {ttl})");
     session.close().await?;
 
-    let converged = cluster.wait_converged(TIMEOUT).await?;
-    let mut digests = Vec::new();
-    for id in converged.keys() {
-        let s = cluster.status_with_digest(*id).await?;
-        digests.push((s.member_id, s.applied_index, s.state_digest));
-    }
+    let digests: Vec<(u64, u64, u64)> = cluster
+        .digests_at_one_index(TIMEOUT)
+        .await?
+        .values()
+        .map(|s| (s.member_id, s.applied_index, s.state_digest))
+        .collect();
     ensure!(
         digests
             .windows(2)

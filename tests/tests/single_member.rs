@@ -367,6 +367,36 @@ async fn contents_after_restart(cluster: &Cluster) -> anyhow::Result<Contents> {
     })
 }
 
+/// A range answer is not bounded by gRPC's usual 4 MiB message limit: the
+/// member sends it whole and the client library takes it whole (etcd's
+/// client accepts up to 2 GiB too).
+#[tokio::test]
+async fn a_range_larger_than_four_mib_comes_back_whole() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1).await?;
+    cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+    let client = cluster.client();
+    // Values at the default largest value size (1 MiB), minus room for the
+    // key, so that each put fits in one request.
+    let value = vec![b'v'; 1024 * 1024 - 64];
+    let count = 6;
+    for i in 0..count {
+        client.put(format!("big/{i}"), value.clone()).await?;
+    }
+    let response = client.range(prefix("big/")).await?;
+    let bytes: usize = response
+        .kvs
+        .iter()
+        .map(|kv| kv.key.len() + kv.value.len())
+        .sum();
+    assert_eq!(response.kvs.len(), count, "keys returned");
+    assert!(
+        bytes > 4 * 1024 * 1024,
+        "the test must exceed 4 MiB to mean anything: {bytes} bytes"
+    );
+    assert!(response.kvs.iter().all(|kv| kv.value == value));
+    Ok(())
+}
+
 #[tokio::test]
 async fn acknowledged_writes_survive_sigterm_and_sigkill() -> anyhow::Result<()> {
     let cluster = Cluster::start(1).await?;

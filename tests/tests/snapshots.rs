@@ -63,12 +63,13 @@ async fn count(client: &Client, prefix: &str) -> anyhow::Result<i64> {
 }
 
 /// Every live member has applied the same index and has the same digest.
+/// A difference is reported with what differs.
 async fn converged_digests(cluster: &Cluster) -> anyhow::Result<Vec<StatusResponse>> {
-    let converged = cluster.wait_converged(TIMEOUT).await?;
-    let mut statuses = Vec::new();
-    for id in converged.keys() {
-        statuses.push(cluster.status_with_digest(*id).await?);
-    }
+    let statuses: Vec<StatusResponse> = cluster
+        .digests_at_one_index(TIMEOUT)
+        .await?
+        .into_values()
+        .collect();
     let digests: Vec<(u64, u64, u64)> = statuses
         .iter()
         .map(|s| (s.member_id, s.applied_index, s.state_digest))
@@ -77,11 +78,22 @@ async fn converged_digests(cluster: &Cluster) -> anyhow::Result<Vec<StatusRespon
     if digests.iter().all(|d| (d.1, d.2) == (first.1, first.2)) {
         return Ok(statuses);
     }
-    // Say what differs: keys, revision, member tables.
-    let mut report = format!("members differ at the same applied index: {digests:?}");
-    let reference = cluster.contents(first.0).await?;
+    // Say what differs: keys, revision, member tables. A read that fails
+    // here is reported with the rest, not instead of it.
+    let mut report =
+        format!("members differ at one applied index (member, index, digest): {digests:?}");
+    let reference = match cluster.contents(first.0).await {
+        Ok(contents) => contents,
+        Err(err) => anyhow::bail!("{report}\n{err:#}"),
+    };
     for d in &digests[1..] {
-        let other = cluster.contents(d.0).await?;
+        let other = match cluster.contents(d.0).await {
+            Ok(contents) => contents,
+            Err(err) => {
+                report += &format!("\n{err:#}");
+                continue;
+            }
+        };
         let diff = reference
             .kvs
             .iter()
@@ -99,8 +111,10 @@ async fn converged_digests(cluster: &Cluster) -> anyhow::Result<Vec<StatusRespon
         );
     }
     for d in &digests {
-        let list = cluster.client_of(d.0).member_list().await?.members;
-        report += &format!("\nmember {} sees members {list:?}", d.0);
+        match cluster.client_of(d.0).member_list().await {
+            Ok(list) => report += &format!("\nmember {} sees members {:?}", d.0, list.members),
+            Err(err) => report += &format!("\nmember {}: member list: {err:#}", d.0),
+        }
     }
     anyhow::bail!(report)
 }

@@ -356,6 +356,7 @@ async fn open(
         false => OpenError::Fatal(status.into()),
     };
     let mut responses = WatchClient::new(channel)
+        .max_decoding_message_size(crate::client::MAX_RESPONSE_BYTES)
         .watch(ReceiverStream::new(outbox))
         .await
         .map_err(stream_failed)?
