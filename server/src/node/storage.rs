@@ -22,15 +22,23 @@
 //! The most recent entries are kept in a bounded in-memory cache so the leader's hot path
 //! (`entries()` for replication, `term()` for matching) rarely reads fjall.
 
+mod cache;
+mod codec;
+mod error;
+
+pub use error::StorageError;
+
 use std::cmp;
-use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+
+use cache::{EntryCache, SizeLimited};
+use codec::{decode_entry, decode_log_key, decode_truncated, encode, encode_truncated, log_key};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use raft::{GetEntriesContext, NO_LIMIT, RaftState};
+use raft::{GetEntriesContext, RaftState};
 
 const LOG_KEYSPACE: &str = "raft_log";
 const STATE_KEYSPACE: &str = "raft_state";
@@ -46,256 +54,6 @@ const CACHE_MAX_ENTRIES: usize = 4096;
 /// Default bound on the encoded size of cached log entries.
 const CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Largest value fjall accepts (it panics above this, so we check first).
-const MAX_VALUE_LEN: usize = u32::MAX as usize;
-
-/// Errors of the fjall-backed Raft storage. Any of them should make the node fail-stop.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The storage engine failed (I/O error, poisoned after a failed fsync, locked, ...).
-    #[error("fjall: {0}")]
-    Fjall(#[from] fjall::Error),
-    /// A stored record could not be encoded or decoded.
-    #[error("protobuf codec: {0}")]
-    Codec(#[from] protobuf::ProtobufError),
-    /// The stored data violates an invariant of this module.
-    #[error("corrupt raft storage: {0}")]
-    Corrupt(String),
-    /// `persist` was given entries that would overwrite compacted entries.
-    #[error(
-        "cannot append at index {index}: entries before first index {first_index} are compacted"
-    )]
-    AppendCompacted {
-        /// Index of the first entry given.
-        index: u64,
-        /// Current first index.
-        first_index: u64,
-    },
-    /// `persist` was given entries that would leave a gap after the last entry.
-    #[error("cannot append at index {index}: gap after last index {last_index}")]
-    AppendGap {
-        /// Index of the first entry given.
-        index: u64,
-        /// Current last index.
-        last_index: u64,
-    },
-    /// `persist` was given entries whose indexes are not consecutive.
-    #[error("entries to append are not contiguous: expected index {expected}, found {found}")]
-    NotContiguous {
-        /// The index expected at that position.
-        expected: u64,
-        /// The index found.
-        found: u64,
-    },
-    /// `persist` was given entries that would overwrite committed entries (raft never does).
-    #[error("cannot append at index {index}: entries up to commit index {commit} are committed")]
-    OverwriteCommitted {
-        /// Index of the first entry given.
-        index: u64,
-        /// Current (persisted) commit index.
-        commit: u64,
-    },
-    /// The write would leave the commit index beyond the last log entry.
-    #[error("commit index {commit} beyond last index {last_index}")]
-    CommitBeyondLast {
-        /// The commit index.
-        commit: u64,
-        /// The last index after the write.
-        last_index: u64,
-    },
-    /// The write would leave the commit index below the truncated (compacted or snapshot)
-    /// index; raft-rs would refuse to start on such a store.
-    #[error("commit index {commit} below truncated index {truncated_index}")]
-    CommitBelowTruncated {
-        /// The commit index.
-        commit: u64,
-        /// Index of the last compacted entry (or of the snapshot).
-        truncated_index: u64,
-    },
-    /// `compact` was asked to remove entries that were never received.
-    #[error("cannot compact to {compact_index}: last index is {last_index}")]
-    CompactBeyondLast {
-        /// Requested compact index.
-        compact_index: u64,
-        /// Current last index.
-        last_index: u64,
-    },
-    /// `compact` was asked to remove entries that are not committed. raft-rs would refuse to
-    /// start on such a log (its commit index would precede the first index).
-    #[error("cannot compact to {compact_index}: commit index is {commit}")]
-    CompactBeyondCommit {
-        /// Requested compact index.
-        compact_index: u64,
-        /// Current (persisted) commit index.
-        commit: u64,
-    },
-    /// The snapshot is older than what the storage already has.
-    #[error("snapshot at index {index} is out of date (first index {first_index})")]
-    SnapshotOutOfDate {
-        /// Snapshot index.
-        index: u64,
-        /// Current first index.
-        first_index: u64,
-    },
-    /// A locally produced snapshot does not match the log.
-    #[error("invalid snapshot: {0}")]
-    InvalidSnapshot(String),
-    /// `initialize_with_conf_state` on a storage that was already initialized.
-    #[error("raft storage is already initialized")]
-    AlreadyInitialized,
-    /// An encoded record exceeds fjall's value size limit.
-    #[error("value of {len} bytes exceeds the storage limit")]
-    ValueTooLarge {
-        /// Encoded length.
-        len: usize,
-    },
-    /// `entries` was called with `low > high`.
-    #[error("invalid entry range [{low}, {high})")]
-    InvalidRange {
-        /// Low bound.
-        low: u64,
-        /// High bound (exclusive).
-        high: u64,
-    },
-}
-
-impl From<StorageError> for raft::Error {
-    fn from(e: StorageError) -> Self {
-        match e {
-            StorageError::SnapshotOutOfDate { .. } => {
-                raft::Error::Store(raft::StorageError::SnapshotOutOfDate)
-            }
-            other => raft::Error::Store(raft::StorageError::Other(Box::new(other))),
-        }
-    }
-}
-
-/// Bounded cache of the most recent log entries. Invariant: contiguous, and when non-empty its
-/// last entry is the storage's last entry.
-struct EntryCache {
-    entries: VecDeque<Entry>,
-    bytes: u64,
-    max_entries: usize,
-    max_bytes: u64,
-}
-
-impl EntryCache {
-    fn new(max_entries: usize, max_bytes: u64) -> Self {
-        Self {
-            entries: VecDeque::new(),
-            bytes: 0,
-            max_entries,
-            max_bytes,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn first_index(&self) -> Option<u64> {
-        self.entries.front().map(|e| e.index)
-    }
-
-    fn get(&self, idx: u64) -> Option<&Entry> {
-        let first = self.first_index()?;
-        let offset = usize::try_from(idx.checked_sub(first)?).ok()?;
-        self.entries.get(offset)
-    }
-
-    fn clear(&mut self) {
-        self.entries.clear();
-        self.bytes = 0;
-    }
-
-    /// Drops every entry with index >= `idx`.
-    fn truncate_from(&mut self, idx: u64) {
-        while let Some(e) = self.entries.back() {
-            if e.index < idx {
-                break;
-            }
-            self.bytes -= entry_size(e);
-            self.entries.pop_back();
-        }
-    }
-
-    /// Drops every entry with index < `idx`.
-    fn compact_to(&mut self, idx: u64) {
-        while let Some(e) = self.entries.front() {
-            if e.index >= idx {
-                break;
-            }
-            self.bytes -= entry_size(e);
-            self.entries.pop_front();
-        }
-    }
-
-    /// Appends contiguous entries that follow the cached ones (the cache is cleared first if
-    /// they do not).
-    fn append(&mut self, ents: &[Entry]) {
-        let Some(first) = ents.first() else { return };
-        if self
-            .entries
-            .back()
-            .is_some_and(|e| e.index + 1 != first.index)
-        {
-            self.clear();
-        }
-        // Entries that would be evicted right away are not worth cloning.
-        let skip = ents.len().saturating_sub(self.max_entries);
-        for e in &ents[skip..] {
-            self.bytes += entry_size(e);
-            self.entries.push_back(e.clone());
-        }
-        self.evict();
-    }
-
-    fn evict(&mut self) {
-        while self.entries.len() > self.max_entries || self.bytes > self.max_bytes {
-            match self.entries.pop_front() {
-                Some(e) => self.bytes -= entry_size(&e),
-                None => break,
-            }
-        }
-    }
-}
-
-fn entry_size(e: &Entry) -> u64 {
-    u64::from(e.compute_size())
-}
-
-/// Collects entries under raft's `limit_size` rule: the first entry always, then more while
-/// the running total stays within `max`.
-struct SizeLimited {
-    out: Vec<Entry>,
-    size: u64,
-    max: u64,
-}
-
-impl SizeLimited {
-    fn new(max_size: Option<u64>, capacity: usize) -> Self {
-        let max = match max_size {
-            None | Some(NO_LIMIT) => u64::MAX,
-            Some(m) => m,
-        };
-        Self {
-            out: Vec::with_capacity(capacity),
-            size: 0,
-            max,
-        }
-    }
-
-    /// Returns false (and drops `e`) once the limit is reached; the caller stops then.
-    fn push(&mut self, e: Entry) -> bool {
-        self.size = self.size.saturating_add(entry_size(&e));
-        if !self.out.is_empty() && self.size > self.max {
-            return false;
-        }
-        self.out.push(e);
-        true
-    }
-}
-
 /// Whether a Ready must be fsynced before its messages go out and its entries are applied:
 /// when it appends entries, or changes the term or the vote (etcd's `raft.MustSync`). A
 /// HardState that only moves the commit index is written to the journal without an fsync:
@@ -306,54 +64,6 @@ impl SizeLimited {
 pub fn must_sync(stored: &HardState, entries: &[Entry], hard_state: Option<&HardState>) -> bool {
     !entries.is_empty()
         || hard_state.is_some_and(|hs| hs.term != stored.term || hs.vote != stored.vote)
-}
-
-fn log_key(idx: u64) -> [u8; 8] {
-    idx.to_be_bytes()
-}
-
-fn decode_log_key(key: &[u8]) -> Result<u64, StorageError> {
-    let bytes: [u8; 8] = key
-        .try_into()
-        .map_err(|_| StorageError::Corrupt(format!("log key of {} bytes", key.len())))?;
-    Ok(u64::from_be_bytes(bytes))
-}
-
-fn encode<M: protobuf::Message>(m: &M) -> Result<Vec<u8>, StorageError> {
-    let bytes = m.write_to_bytes()?;
-    if bytes.len() > MAX_VALUE_LEN {
-        return Err(StorageError::ValueTooLarge { len: bytes.len() });
-    }
-    Ok(bytes)
-}
-
-fn encode_truncated(index: u64, term: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&index.to_be_bytes());
-    out[8..].copy_from_slice(&term.to_be_bytes());
-    out
-}
-
-fn decode_truncated(v: &[u8]) -> Result<(u64, u64), StorageError> {
-    let bytes: [u8; 16] = v
-        .try_into()
-        .map_err(|_| StorageError::Corrupt(format!("truncated record of {} bytes", v.len())))?;
-    let mut index = [0u8; 8];
-    let mut term = [0u8; 8];
-    index.copy_from_slice(&bytes[..8]);
-    term.copy_from_slice(&bytes[8..]);
-    Ok((u64::from_be_bytes(index), u64::from_be_bytes(term)))
-}
-
-fn decode_entry(expected_index: u64, v: &[u8]) -> Result<Entry, StorageError> {
-    let e = Entry::parse_from_bytes(v)?;
-    if e.index != expected_index {
-        return Err(StorageError::Corrupt(format!(
-            "log key {expected_index} holds entry with index {}",
-            e.index
-        )));
-    }
-    Ok(e)
 }
 
 /// Commits `batch` atomically and fsyncs the journal before returning.
@@ -1086,5 +796,4 @@ impl raft::Storage for FjallStorage {
 }
 
 #[cfg(test)]
-#[path = "storage_tests.rs"]
 mod tests;
