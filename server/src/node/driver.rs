@@ -129,11 +129,23 @@ impl Driver {
         let read_timeout = self.shared.status.election_timeout();
         let mut next_tick = Instant::now() + self.tick;
         self.publish_status();
+        // One timer for the whole loop, moved only when the wake-up time
+        // changes. A new timer per iteration (the inbox wins nearly every
+        // time) costs a syscall: tokio wakes its own driver through an
+        // eventfd whenever a timer is registered, even from the runtime's
+        // thread.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(next_tick));
+        tokio::pin!(timer);
         'run: loop {
-            let wake = self.commit_notice.map_or(next_tick, |at| at.min(next_tick));
+            let wake = tokio::time::Instant::from_std(
+                self.commit_notice.map_or(next_tick, |at| at.min(next_tick)),
+            );
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             let received = tokio::select! {
                 msg = self.inbox.recv() => Some(msg),
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => None,
+                () = &mut timer => None,
             };
             match received {
                 Some(Some(msg)) => {
