@@ -11,10 +11,19 @@ use fenced_client::pb::{
     DeleteRangeResponse, KeyValue, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveResponse,
     Member, PutResponse, StatusResponse,
 };
-use fenced_client::{
-    Error, EventKind, LeaderInfo, Leadership, LockGuard, Observation, WatchBatch, WatchEvent,
-};
+use fenced_client::{Error, LeaderInfo, Leadership, LockGuard, Observation, WatchBatch};
 use serde::Serialize;
+
+#[path = "output/json.rs"]
+mod json;
+#[path = "output/text.rs"]
+mod text;
+
+use json::{
+    DeletedJson, EventJson, KeyValueJson, LeaderJson, LeaseJson, LeaseStatusJson, LeaseTtlJson,
+    LockJson, MemberJson, PutJson, RevokedJson, StatusJson,
+};
+use text::{event_line, leader_line, status_table, text};
 
 /// The output formats of `-o/--output`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -261,307 +270,8 @@ pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
         .is_some_and(|err| err.kind() == io::ErrorKind::BrokenPipe)
 }
 
-#[derive(Serialize)]
-struct PutJson {
-    revision: i64,
-}
-
-#[derive(Serialize)]
-struct DeletedJson {
-    deleted: i64,
-    revision: i64,
-}
-
-#[derive(Serialize)]
-struct LeaseJson {
-    id: i64,
-    ttl: i64,
-}
-
-#[derive(Serialize)]
-struct RevokedJson {
-    id: i64,
-    revision: i64,
-}
-
-#[derive(Serialize)]
-struct LeaseStatusJson {
-    id: i64,
-    granted_ttl: i64,
-}
-
-#[derive(Serialize)]
-struct LeaseTtlJson {
-    id: i64,
-    ttl: i64,
-    granted_ttl: i64,
-    remaining_ms: i64,
-    /// Empty unless `--keys` asked for them.
-    keys: Vec<String>,
-}
-
-impl From<&LeaseTimeToLiveResponse> for LeaseTtlJson {
-    fn from(response: &LeaseTimeToLiveResponse) -> Self {
-        LeaseTtlJson {
-            id: response.id,
-            ttl: response.ttl,
-            granted_ttl: response.granted_ttl,
-            remaining_ms: response.remaining_ms,
-            keys: response.keys.iter().map(|key| text(key)).collect(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct LockJson {
-    name: String,
-    token: i64,
-    key: String,
-    lease: i64,
-}
-
-/// The leader of an election, for `elect`, `leader` and `observe`. Every
-/// field is always there: without a leader, `value`, `token`, `key` and
-/// `lease` are `null`, so `token == null` is the test for "no leader".
-/// `revision` is only in `observe`'s objects.
-#[derive(Serialize)]
-struct LeaderJson {
-    name: String,
-    value: Option<String>,
-    token: Option<i64>,
-    key: Option<String>,
-    lease: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    revision: Option<i64>,
-}
-
-impl LeaderJson {
-    fn new(name: &str, leader: Option<&LeaderInfo>, revision: Option<i64>) -> Self {
-        LeaderJson {
-            name: name.to_owned(),
-            value: leader.map(|leader| text(&leader.value)),
-            token: leader.map(|leader| leader.token),
-            key: leader.map(|leader| text(&leader.key)),
-            lease: leader.map(|leader| leader.lease),
-            revision,
-        }
-    }
-}
-
-/// One watch event. `prev_value` is there only with `--prev-kv`, and is
-/// `null` when the key did not exist before.
-#[derive(Serialize)]
-struct EventJson {
-    r#type: &'static str,
-    key: String,
-    value: String,
-    mod_revision: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prev_value: Option<Option<String>>,
-}
-
-impl EventJson {
-    fn new(event: &WatchEvent, prev_kv: bool) -> Self {
-        EventJson {
-            r#type: event.kind.as_str(),
-            key: text(&event.kv.key),
-            value: text(&event.kv.value),
-            mod_revision: event.kv.mod_revision,
-            prev_value: prev_kv.then(|| event.prev_kv.as_ref().map(|kv| text(&kv.value))),
-        }
-    }
-}
-
-/// The text form of a leader: `NAME: VALUE (token T, key K, lease L)`, or
-/// `NAME: no leader`, with `, revision R` (or ` (revision R)`) for
-/// `observe`.
-fn leader_line(name: &str, leader: Option<&LeaderInfo>, revision: Option<i64>) -> String {
-    let revision = revision.map(|revision| format!("revision {revision}"));
-    match (leader, revision) {
-        (Some(leader), revision) => {
-            let mut details = format!(
-                "token {}, key {}, lease {}",
-                leader.token,
-                text(&leader.key),
-                leader.lease
-            );
-            if let Some(revision) = revision {
-                details.push_str(&format!(", {revision}"));
-            }
-            format!("{name}: {} ({details})", text(&leader.value))
-        }
-        (None, Some(revision)) => format!("{name}: no leader ({revision})"),
-        (None, None) => format!("{name}: no leader"),
-    }
-}
-
-/// The text form of a watch event; see [`Output::watch_batch`].
-fn event_line(event: &WatchEvent) -> String {
-    let kv = &event.kv;
-    let mut details = format!("revision {}", kv.mod_revision);
-    if let Some(prev) = &event.prev_kv {
-        details.push_str(&format!(", prev {}", text(&prev.value)));
-    }
-    match event.kind {
-        EventKind::Put => format!("PUT {} = {} ({details})", text(&kv.key), text(&kv.value)),
-        EventKind::Delete => format!("DELETE {} ({details})", text(&kv.key)),
-    }
-}
-
-#[derive(Serialize)]
-struct KeyValueJson {
-    key: String,
-    value: String,
-    create_revision: i64,
-    mod_revision: i64,
-    version: i64,
-    lease: i64,
-}
-
-impl From<&KeyValue> for KeyValueJson {
-    fn from(kv: &KeyValue) -> Self {
-        KeyValueJson {
-            key: text(&kv.key),
-            value: text(&kv.value),
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-            lease: kv.lease,
-        }
-    }
-}
-
-/// A status line. Either the member's fields or `error` are present, so a
-/// script can test for `error` before reading the numbers.
-#[derive(Serialize)]
-struct StatusJson {
-    endpoint: String,
-    #[serde(flatten)]
-    status: Option<MemberStatusJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-#[derive(Serialize)]
-struct MemberStatusJson {
-    id: u64,
-    leader: u64,
-    term: u64,
-    commit_index: u64,
-    applied_index: u64,
-    revision: i64,
-    role: String,
-    version: String,
-    first_index: u64,
-    last_index: u64,
-    snapshot_index: u64,
-    /// Hex, so it survives JSON readers that parse numbers as doubles.
-    state_digest: String,
-}
-
-impl From<&StatusRow> for StatusJson {
-    fn from(row: &StatusRow) -> Self {
-        let (status, error) = match &row.result {
-            Ok(status) => (
-                Some(MemberStatusJson {
-                    id: status.member_id,
-                    leader: status.leader,
-                    term: status.raft_term,
-                    commit_index: status.commit_index,
-                    applied_index: status.applied_index,
-                    revision: status.revision,
-                    role: status.role.clone(),
-                    version: status.version.clone(),
-                    first_index: status.first_index,
-                    last_index: status.last_index,
-                    snapshot_index: status.snapshot_index,
-                    state_digest: format!("{:016x}", status.state_digest),
-                }),
-                None,
-            ),
-            Err(err) => (None, Some(err.to_string())),
-        };
-        StatusJson {
-            endpoint: row.endpoint.clone(),
-            status,
-            error,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct MemberJson {
-    id: u64,
-    peer_addr: String,
-    client_addr: String,
-    learner: bool,
-}
-
-impl From<&Member> for MemberJson {
-    fn from(member: &Member) -> Self {
-        MemberJson {
-            id: member.id,
-            peer_addr: member.peer_addr.clone(),
-            client_addr: member.client_addr.clone(),
-            learner: member.learner,
-        }
-    }
-}
-
-/// The status table: a header and one row per endpoint, columns padded to
-/// their widest cell. A failed endpoint shows `-` in every column and its
-/// error in the last.
-fn status_table(rows: &[StatusRow]) -> Vec<String> {
-    const HEADER: [&str; 8] = [
-        "ENDPOINT", "ID", "LEADER", "TERM", "COMMIT", "APPLIED", "REVISION", "ROLE",
-    ];
-    let mut cells: Vec<Vec<String>> = vec![HEADER.iter().map(|h| (*h).to_owned()).collect()];
-    for row in rows {
-        cells.push(match &row.result {
-            Ok(status) => vec![
-                row.endpoint.clone(),
-                status.member_id.to_string(),
-                status.leader.to_string(),
-                status.raft_term.to_string(),
-                status.commit_index.to_string(),
-                status.applied_index.to_string(),
-                status.revision.to_string(),
-                status.role.clone(),
-            ],
-            Err(err) => {
-                let mut cells = vec![row.endpoint.clone()];
-                cells.extend(std::iter::repeat_n("-".to_owned(), HEADER.len() - 2));
-                cells.push(format!("error: {err}"));
-                cells
-            }
-        });
-    }
-    // The last column is not padded, so a long error message does not widen
-    // the table.
-    let widths: Vec<usize> = (0..HEADER.len() - 1)
-        .map(|column| cells.iter().map(|row| row[column].len()).max().unwrap_or(0))
-        .collect();
-    cells
-        .iter()
-        .map(|row| {
-            let mut line = String::new();
-            for (column, cell) in row.iter().enumerate() {
-                match widths.get(column) {
-                    Some(width) => line.push_str(&format!("{cell:<width$}  ")),
-                    None => line.push_str(cell),
-                }
-            }
-            line
-        })
-        .collect()
-}
-
 fn revision(header: Option<&fenced_client::pb::ResponseHeader>) -> i64 {
     header.map_or(0, |header| header.revision)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn print_lines(lines: impl IntoIterator<Item = String>) -> io::Result<()> {
@@ -583,6 +293,8 @@ fn print_json<T: Serialize>(objects: impl IntoIterator<Item = T>) -> io::Result<
 
 #[cfg(test)]
 mod tests {
+    use fenced_client::{EventKind, WatchEvent};
+
     use super::*;
 
     #[test]
