@@ -48,8 +48,10 @@ pub struct Config {
     #[arg(long, requires = "join")]
     pub learner: bool,
 
-    /// Take a snapshot of the state every this many applied log entries.
-    #[arg(long, default_value_t = 10_000)]
+    /// Take a snapshot of the state every this many applied log entries
+    /// (etcd's `--snapshot-count` default). A restart re-applies at most
+    /// this many entries; each snapshot encodes the whole state.
+    #[arg(long, default_value_t = 100_000)]
     pub snapshot_interval: u64,
 
     /// Log entries kept before the latest snapshot when the log is

@@ -212,7 +212,12 @@ async fn run(
     // Members log warnings only, unless FENCED_CHAOS_MEMBER_LOG asks for
     // more (a tracing filter, e.g. `info,fenced_server::lessor=debug`).
     let member_log = std::env::var("FENCED_CHAOS_MEMBER_LOG").unwrap_or_else(|_| "warn".into());
-    let mut config = ClusterConfig::new(MEMBERS).env("RUST_LOG", &member_log);
+    // Snapshots ten times as often as the default, so that a run of a few
+    // minutes takes and installs several: compaction, catch-up by snapshot
+    // and restarts from one stay under fault.
+    let mut config = ClusterConfig::new(MEMBERS)
+        .env("RUST_LOG", &member_log)
+        .args(["--snapshot-interval", "10000", "--snapshot-tail", "5000"]);
     if args.unsafe_local_reads {
         println!("  note: members run with --unsafe-local-reads (stale reads on purpose)");
         config = config.arg("--unsafe-local-reads");
